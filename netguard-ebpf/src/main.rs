@@ -1,0 +1,332 @@
+//! NetGuard's XDP datapath.
+//!
+//! Per packet: parse, look the source up in the blocklist (and, only on a match, in the allowlist),
+//! then either drop it or account it to its flow. Work is ordered so the common case, a passed packet
+//! of a known flow, costs one LPM lookup, one LRU lookup and a per-CPU counter bump: the allowlist is
+//! consulted only when the blocklist matched (the verdict is the same as checking it first, and a
+//! passing packet never pays for it), and the ring buffer is touched only when a flow is created.
+#![no_std]
+#![no_main]
+// The BPF target has 64-bit atomic add but no compare-and-swap, so core hides `AtomicU64::fetch_add`.
+// The intrinsic lowers straight to BPF's atomic add. (The eBPF build already needs nightly or
+// RUSTC_BOOTSTRAP for `-Z build-std`.)
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod parse;
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::{map, xdp},
+    maps::{LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::XdpContext,
+};
+use aya_log_ebpf::warn;
+use netguard_common::{
+    AllowValue, BlockValue, Counter, Counters, EventBudget, FAMILY_V4, FlowEvent, FlowKey,
+    FlowStats, defaults, event_kind, proto, tcp_flags,
+};
+use parse::{Packet, Parsed};
+
+// Sizes here are defaults; userspace overrides every max_entries from its config before loading.
+#[map]
+static BLOCK_V4: LpmTrie<[u8; 4], BlockValue> = LpmTrie::with_max_entries(defaults::BLOCK_V4_MAX, 0);
+#[map]
+static BLOCK_V6: LpmTrie<[u8; 16], BlockValue> = LpmTrie::with_max_entries(defaults::BLOCK_V6_MAX, 0);
+#[map]
+static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::with_max_entries(defaults::ALLOW_V4_MAX, 0);
+#[map]
+static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> = LpmTrie::with_max_entries(defaults::ALLOW_V6_MAX, 0);
+/// One LRU table for both families keeps eviction fair between them and costs one lookup per packet.
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(defaults::FLOWS_MAX, 0);
+/// A single slot of per-CPU counters: one lookup per packet, no atomics, summed by userspace.
+#[map]
+static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(defaults::EVENTS_BYTES, 0);
+#[map]
+static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Ring-buffer events one CPU may emit per millisecond; overridden at load time.
+#[unsafe(no_mangle)]
+static EVENT_BUDGET_PER_MS: u32 = defaults::EVENT_BUDGET_PER_MS;
+
+#[xdp]
+pub fn netguard(ctx: XdpContext) -> u32 {
+    // Fail open: `try_netguard` only errs if a map slot that always exists is missing. A sensor must
+    // never black-hole a host's traffic because of its own bug, so that case passes (XDP_ABORTED would
+    // drop).
+    try_netguard(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// `return XDP_PASS`: the baseline that benchmarks divide by, loaded from the same object so that both
+/// run under identical conditions.
+#[xdp]
+pub fn netguard_baseline_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn try_netguard(ctx: &XdpContext) -> Result<u32, ()> {
+    let counters = COUNTERS.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: per-CPU slot, and XDP programs are not preempted on their CPU mid-run.
+    let c = unsafe { &mut (*counters).v };
+    let len = (ctx.data_end() - ctx.data()) as u64;
+
+    let mut pkt = Packet::new();
+    match parse::parse(ctx, &mut pkt) {
+        Parsed::Ip => {}
+        Parsed::NonIp => {
+            c[Counter::NonIp as usize] += 1;
+            return Ok(pass(c, len));
+        }
+        Parsed::Error(reason) => {
+            // `get_mut`, not indexing: the reason arrives in a register the compiler cannot bound, and
+            // an index would keep a panic path, which the verifier rejects.
+            if let Some(n) = c.get_mut(reason as usize) {
+                *n += 1;
+            }
+            return Ok(pass(c, len));
+        }
+    }
+    if pkt.vlan {
+        c[Counter::Vlan as usize] += 1;
+    }
+    if pkt.fragment {
+        c[Counter::Fragments as usize] += 1;
+    }
+
+    // SAFETY: plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if is_blocked(&pkt.key, c, now) {
+        c[Counter::DropPackets as usize] += 1;
+        c[Counter::DropBytes as usize] += len;
+        return Ok(xdp_action::XDP_DROP);
+    }
+
+    account_flow(ctx, &pkt, c, len, now);
+    Ok(pass(c, len))
+}
+
+#[inline(always)]
+fn pass(c: &mut [u64; Counter::COUNT], len: u64) -> u32 {
+    c[Counter::PassPackets as usize] += 1;
+    c[Counter::PassBytes as usize] += len;
+    xdp_action::XDP_PASS
+}
+
+/// Blocklist verdict for the packet's source. Records the hit on the matching entry, or the override
+/// on the allowlist entry that saved it.
+#[inline(always)]
+fn is_blocked(key: &FlowKey, c: &mut [u64; Counter::COUNT], now: u64) -> bool {
+    if key.family == FAMILY_V4 {
+        let src = [key.src[0], key.src[1], key.src[2], key.src[3]];
+        let lpm = Key::new(32, src);
+        let Some(hit) = BLOCK_V4.get(&lpm) else {
+            return false;
+        };
+        if let Some(allow) = ALLOW_V4.get(&lpm) {
+            record_override(allow, c, now);
+            return false;
+        }
+        record_hit(hit, now);
+        c[Counter::DropBlocklistV4 as usize] += 1;
+    } else {
+        let lpm = Key::new(128, key.src);
+        let Some(hit) = BLOCK_V6.get(&lpm) else {
+            return false;
+        };
+        if let Some(allow) = ALLOW_V6.get(&lpm) {
+            record_override(allow, c, now);
+            return false;
+        }
+        record_hit(hit, now);
+        c[Counter::DropBlocklistV6 as usize] += 1;
+    }
+    true
+}
+
+/// Entries are shared by all CPUs, so hit counts use atomic adds; `last_hit_ns` is a plain store
+/// because any CPU's recent timestamp is as good as another's.
+#[inline(always)]
+fn record_hit(v: &BlockValue, now: u64) {
+    let v = v as *const BlockValue as *mut BlockValue;
+    // SAFETY: `v` points into a map value, which is writable kernel memory that outlives this call.
+    unsafe {
+        atomic_add(&raw mut (*v).hits, 1);
+        (*v).last_hit_ns = now;
+    }
+}
+
+#[inline(always)]
+fn record_override(v: &AllowValue, c: &mut [u64; Counter::COUNT], now: u64) {
+    let v = v as *const AllowValue as *mut AllowValue;
+    // SAFETY: as in `record_hit`.
+    unsafe {
+        atomic_add(&raw mut (*v).overrides, 1);
+        (*v).last_hit_ns = now;
+    }
+    c[Counter::AllowlistOverride as usize] += 1;
+}
+
+/// Counts the packet in its flow, creating the flow (and its ring-buffer event) when it is new.
+#[inline(always)]
+fn account_flow(ctx: &XdpContext, pkt: &Packet, c: &mut [u64; Counter::COUNT], len: u64, now: u64) {
+    let flags = if pkt.key.proto == proto::TCP { pkt.tcp_flags } else { 0 };
+    if let Some(st) = FLOWS.get_ptr_mut(&pkt.key) {
+        update_flow(st, pkt, flags, len, now);
+        return;
+    }
+
+    let mut st = FlowStats {
+        packets: 1,
+        bytes: len,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        tcp_flags: flags,
+        fragments: pkt.fragment as u32,
+        ..FlowStats::default()
+    };
+    count_tcp_flags(&mut st, flags);
+    // BPF_NOEXIST: if another CPU created the flow between our lookup and here, add to its entry
+    // instead of overwriting its counts.
+    match FLOWS.insert(&pkt.key, &st, aya_ebpf::bindings::BPF_NOEXIST.into()) {
+        Ok(()) => {
+            c[Counter::FlowsCreated as usize] += 1;
+            emit_new_flow(pkt, flags, len, now, c);
+        }
+        Err(err) => {
+            if let Some(st) = FLOWS.get_ptr_mut(&pkt.key) {
+                update_flow(st, pkt, flags, len, now);
+            } else {
+                c[Counter::FlowInsertFailed as usize] += 1;
+                // Rare (the LRU map evicts rather than fills), so logging here stays off the hot path.
+                warn!(ctx, "flow insert failed: {}", err);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn count_tcp_flags(st: &mut FlowStats, flags: u32) {
+    let syn = flags & tcp_flags::SYN != 0;
+    let ack = flags & tcp_flags::ACK != 0;
+    st.syn += (syn && !ack) as u32;
+    st.syn_ack += (syn && ack) as u32;
+    st.ack += (ack && !syn) as u32;
+    st.rst += (flags & tcp_flags::RST != 0) as u32;
+    st.fin += (flags & tcp_flags::FIN != 0) as u32;
+}
+
+/// Relaxed atomic add whose result is unused, which LLVM emits as a single BPF atomic add (XADD).
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, v: u64) {
+    // SAFETY: the caller passes an 8-byte-aligned u64 inside a map value.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
+}
+
+/// Adds 1 to the `u32` counter at `field`, atomically. The BPF target only has 64-bit atomics, so the
+/// counter is updated through the 8-byte-aligned `u32` pair that holds it: on little-endian BPF adding
+/// 1 bumps the low (first) field and `1 << 32` the high (second). `FlowStats` keeps its `u32` counters in
+/// such pairs (syn/syn_ack, ack/rst, fin/fragments); a low counter would need 2^32 packets in one flow
+/// to carry into its neighbour.
+#[inline(always)]
+unsafe fn atomic_inc_u32(pair: *mut u32, high: bool) {
+    let delta = if high { 1u64 << 32 } else { 1 };
+    // SAFETY: the caller passes the first field of an 8-byte-aligned pair inside a map value.
+    unsafe { atomic_add(pair.cast::<u64>(), delta) };
+}
+
+#[cfg(target_endian = "big")]
+compile_error!("atomic_inc_u32 assumes little-endian BPF (bpfel)");
+
+/// Flow entries are shared by all CPUs (a flow's packets can arrive on several RX queues), so counts
+/// use atomic adds. Conditional adds keep the common ACK-only packet to three atomic operations.
+#[inline(always)]
+fn update_flow(st: *mut FlowStats, pkt: &Packet, flags: u32, len: u64, now: u64) {
+    // SAFETY: `st` points to a live map value; concurrent writers only use atomic adds on the counts.
+    unsafe {
+        atomic_add(&raw mut (*st).packets, 1);
+        atomic_add(&raw mut (*st).bytes, len);
+        (*st).last_seen_ns = now;
+        if pkt.fragment {
+            atomic_inc_u32(&raw mut (*st).fin, true);
+        }
+        if flags == 0 {
+            return;
+        }
+        let syn = flags & tcp_flags::SYN != 0;
+        let ack = flags & tcp_flags::ACK != 0;
+        if syn {
+            atomic_inc_u32(&raw mut (*st).syn, ack);
+        } else if ack {
+            atomic_inc_u32(&raw mut (*st).ack, false);
+        }
+        if flags & tcp_flags::RST != 0 {
+            atomic_inc_u32(&raw mut (*st).ack, true);
+        }
+        if flags & tcp_flags::FIN != 0 {
+            atomic_inc_u32(&raw mut (*st).fin, false);
+        }
+        // Write only when a new bit appears, so a long flow does not keep dirtying the cache line.
+        // A lost race between CPUs can only drop a bit that the next packet with it sets again.
+        let seen = (*st).tcp_flags;
+        if seen & flags != flags {
+            (*st).tcp_flags = seen | flags;
+        }
+    }
+}
+
+/// Sends a NEW_FLOW event, at most `EVENT_BUDGET_PER_MS` per CPU per millisecond. Under a
+/// random-source flood every packet is a new flow; the budget keeps the ring buffer from becoming a
+/// per-packet channel, and userspace still sees every flow in the flow map.
+#[inline(always)]
+fn emit_new_flow(pkt: &Packet, flags: u32, len: u64, now: u64, c: &mut [u64; Counter::COUNT]) {
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the global is a read-only constant patched by the loader; read it volatile so the
+    // compiler does not fold the default value in.
+    let limit = unsafe { core::ptr::read_volatile(&raw const EVENT_BUDGET_PER_MS) } as u64;
+    let window = now / 1_000_000;
+    // SAFETY: per-CPU slot, not shared with other CPUs.
+    let b = unsafe { &mut *budget };
+    if b.window_ms != window {
+        b.window_ms = window;
+        b.used = 0;
+    }
+    if b.used >= limit {
+        c[Counter::EventsOverBudget as usize] += 1;
+        return;
+    }
+    b.used += 1;
+    match EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            entry.write(FlowEvent {
+                kind: event_kind::NEW_FLOW,
+                tcp_flags: flags,
+                ts_ns: now,
+                key: pkt.key,
+                packet_len: len as u32,
+                _pad: 0,
+            });
+            entry.submit(0);
+            c[Counter::EventsSent as usize] += 1;
+        }
+        None => c[Counter::RingbufReserveFailed as usize] += 1,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

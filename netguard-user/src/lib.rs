@@ -1,0 +1,3 @@
+//! NetGuard userspace: the XDP datapath loader and its typed map API, configuration, and the daemon.
+pub mod config;
+pub mod datapath;
