@@ -7,8 +7,16 @@
 
 /// Map names, as they appear in the object file. Userspace sizes and opens maps by these names.
 pub mod maps {
+    /// Blocklist prefixes shorter than a host (/0../31, /0../127): LPM tries.
     pub const BLOCK_V4: &str = "BLOCK_V4";
     pub const BLOCK_V6: &str = "BLOCK_V6";
+    /// Blocklist host entries (/32, /128): hash maps, so a million blocked hosts cost one hash lookup
+    /// instead of a deep trie walk.
+    pub const BLOCK_HOST_V4: &str = "BLOCK_HOST_V4";
+    pub const BLOCK_HOST_V6: &str = "BLOCK_HOST_V6";
+    /// [`TableFlag`]-indexed arrays: nonzero when that blocklist (allowlist) table may hold entries.
+    pub const TABLE_FLAGS: &str = "TABLE_FLAGS";
+    pub const ALLOW_FLAGS: &str = "ALLOW_FLAGS";
     pub const ALLOW_V4: &str = "ALLOW_V4";
     pub const ALLOW_V6: &str = "ALLOW_V6";
     pub const FLOWS: &str = "FLOWS";
@@ -29,6 +37,23 @@ pub mod programs {
 pub mod globals {
     /// Maximum ring-buffer events one CPU may emit per millisecond (`u32`).
     pub const EVENT_BUDGET_PER_MS: &str = "EVENT_BUDGET_PER_MS";
+}
+
+/// Index into the `TABLE_FLAGS` and `ALLOW_FLAGS` arrays (the allowlist has no host tables, so only
+/// its prefix slots are used). A packet skips lookups in tables whose flag is zero.
+/// Userspace raises a flag before the first insert into its table and lowers it only after the table
+/// became empty, so a flag is never zero while its table holds an entry.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableFlag {
+    HostV4 = 0,
+    PrefixV4 = 1,
+    HostV6 = 2,
+    PrefixV6 = 3,
+}
+
+impl TableFlag {
+    pub const COUNT: u32 = 4;
 }
 
 /// Default map sizes. The issue asks for one million blocklist entries and one million flows.
@@ -71,7 +96,11 @@ pub const FAMILY_V6: u8 = 6;
 /// and the rest is zero, so one LRU map serves both families. Ports are in host byte order. For ICMP
 /// and ICMPv6, `src_port` holds the type and `dst_port` the code; for non-first fragments and protocols
 /// without ports both are zero.
-#[repr(C)]
+///
+/// 8-byte alignment (the size stays 40) lets the BPF backend zero and copy the key with five 8-byte
+/// moves; at its natural 2-byte alignment LLVM emits a call to a byte-at-a-time memset instead, which
+/// cost more than the rest of the packet's processing.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -83,10 +112,7 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Per-flow counters: the raw material for detection. Updated with atomic adds from any CPU.
-/// Exactly one cache line. The `u32` counters come in 8-byte-aligned pairs (syn/syn_ack, ack/rst,
-/// fin/fragments) because the BPF target only has 64-bit atomics: the kernel side bumps one half of
-/// a pair with a single 64-bit add. Do not reorder them.
+/// Per-flow counters: the raw material for detection. Exactly one cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -284,12 +310,6 @@ pub const MAX_VLAN_TAGS: usize = 2;
 // datapath.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 64);
-const _: () = assert!(core::mem::offset_of!(FlowStats, syn) % 8 == 0);
-const _: () = assert!(core::mem::offset_of!(FlowStats, syn_ack) == core::mem::offset_of!(FlowStats, syn) + 4);
-const _: () = assert!(core::mem::offset_of!(FlowStats, ack) % 8 == 0);
-const _: () = assert!(core::mem::offset_of!(FlowStats, rst) == core::mem::offset_of!(FlowStats, ack) + 4);
-const _: () = assert!(core::mem::offset_of!(FlowStats, fin) % 8 == 0);
-const _: () = assert!(core::mem::offset_of!(FlowStats, fragments) == core::mem::offset_of!(FlowStats, fin) + 4);
 const _: () = assert!(core::mem::size_of::<BlockValue>() == 16);
 const _: () = assert!(core::mem::size_of::<AllowValue>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 64);

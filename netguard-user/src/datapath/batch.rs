@@ -119,3 +119,36 @@ fn lookup_all_chunked(
         first = false;
     }
 }
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+
+/// The element-access member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// One `bpf_map_update_elem`, for kernels or map types without batch support.
+pub fn update_elem(fd: RawFd, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd as u32,
+        key: key.as_ptr() as u64,
+        value: value.as_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: as in `bpf`; key and value outlive the call and have the map's sizes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &mut attr as *mut ElemAttr,
+            size_of::<ElemAttr>() as u32,
+        )
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}

@@ -1,41 +1,49 @@
-//! A pair of LPM tries (IPv4 and IPv6) addressed by `IpNet`: the shape of both the blocklist and the
-//! allowlist.
+//! CIDR tables addressed by `IpNet`: the blocklist and the allowlist.
+//!
+//! Each table has an LPM trie per family. The blocklist also keeps host entries (/32, /128) in hash
+//! maps, where a lookup costs the same with a million entries as with one. Each table publishes which
+//! of its maps are non-empty in its flags array so the XDP program skips the empty ones.
 //!
 //! The kernel trie only answers longest-prefix questions, so "is exactly this CIDR an entry?" cannot be
-//! asked of it. We keep the set of entries we wrote in userspace as well: it answers exact lookups, gives
-//! O(1) sizes for metrics, and refuses an insert that would overflow the map before the kernel does
-//! halfway through a batch.
+//! asked of it. The set of entries we wrote is kept here as well: it answers exact lookups, gives O(1)
+//! sizes for metrics, and refuses an insert that would overflow a map before the kernel does halfway
+//! through a batch.
 
 use std::{
     collections::HashSet,
     net::IpAddr,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
 };
 
 use aya::{
     Pod,
-    maps::{IterableMap as _, LpmTrie, MapData, MapError, lpm_trie::Key},
+    maps::{Array, HashMap, IterableMap as _, LpmTrie, MapData, MapError, lpm_trie::Key},
 };
 use ipnet::IpNet;
+use netguard_common::TableFlag;
 
 use super::{DatapathError, batch};
 
 /// Inserts larger than this go to the kernel in several batch calls, bounding the temporary buffers.
 const BATCH_CHUNK: usize = 65_536;
 
+/// The blocklist's exact-host layer.
+pub struct HostLayer<V: Pod> {
+    pub v4: HashMap<MapData, [u8; 4], V>,
+    pub v6: HashMap<MapData, [u8; 16], V>,
+}
+
 pub struct CidrTable<V: Pod + Default> {
     name: &'static str,
     v4: LpmTrie<MapData, [u8; 4], V>,
     v6: LpmTrie<MapData, [u8; 16], V>,
+    hosts: Option<HostLayer<V>>,
+    flags: Array<MapData, u32>,
     v4_max: u32,
     v6_max: u32,
     entries: HashSet<IpNet>,
-}
-
-/// An LPM key exactly as the kernel expects it: `u32 prefixlen` followed by the address bytes.
-fn key_bytes<const N: usize>(prefix: u8, addr: [u8; N], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(prefix as u32).to_ne_bytes());
-    out.extend_from_slice(&addr);
+    /// Entries per map, indexed by `TableFlag`.
+    counts: [usize; 4],
 }
 
 fn pod_bytes<V: Pod>(v: &V) -> &[u8] {
@@ -43,11 +51,30 @@ fn pod_bytes<V: Pod>(v: &V) -> &[u8] {
     unsafe { std::slice::from_raw_parts((v as *const V).cast::<u8>(), size_of::<V>()) }
 }
 
+fn map_err(op: &'static str, map: &'static str, detail: impl ToString) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map {
+        op,
+        map,
+        detail: detail.to_string(),
+        source,
+    }
+}
+
+fn not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound | MapError::ElementNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 impl<V: Pod + Default> CidrTable<V> {
     pub fn new(
         name: &'static str,
         v4: LpmTrie<MapData, [u8; 4], V>,
         v6: LpmTrie<MapData, [u8; 16], V>,
+        hosts: Option<HostLayer<V>>,
+        flags: Array<MapData, u32>,
         v4_max: u32,
         v6_max: u32,
     ) -> Self {
@@ -55,9 +82,12 @@ impl<V: Pod + Default> CidrTable<V> {
             name,
             v4,
             v6,
+            hosts,
+            flags,
             v4_max,
             v6_max,
             entries: HashSet::new(),
+            counts: [0; 4],
         }
     }
 
@@ -73,53 +103,78 @@ impl<V: Pod + Default> CidrTable<V> {
         self.entries.contains(&net.trunc())
     }
 
-    fn counts(&self) -> (usize, usize) {
-        let v4 = self.entries.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
-        (v4, self.entries.len() - v4)
+    /// Which map holds `net`.
+    fn table_of(&self, net: &IpNet) -> TableFlag {
+        let host = self.hosts.is_some() && net.prefix_len() == net.max_prefix_len();
+        match (net, host) {
+            (IpNet::V4(_), true) => TableFlag::HostV4,
+            (IpNet::V4(_), false) => TableFlag::PrefixV4,
+            (IpNet::V6(_), true) => TableFlag::HostV6,
+            (IpNet::V6(_), false) => TableFlag::PrefixV6,
+        }
     }
 
-    /// Inserts every CIDR (host bits cleared). Existing entries keep their hit counters. Returns how
-    /// many were new.
+    fn fd(&self, t: TableFlag) -> RawFd {
+        let map = match (t, &self.hosts) {
+            (TableFlag::HostV4, Some(h)) => h.v4.map(),
+            (TableFlag::HostV6, Some(h)) => h.v6.map(),
+            (TableFlag::PrefixV4 | TableFlag::HostV4, _) => self.v4.map(),
+            (TableFlag::PrefixV6 | TableFlag::HostV6, _) => self.v6.map(),
+        };
+        map.fd().as_fd().as_raw_fd()
+    }
+
+    fn set_flag(&mut self, t: TableFlag, on: bool) -> Result<(), DatapathError> {
+        let name = self.name;
+        self.flags.set(t as u32, on as u32, 0).map_err(map_err("update", name, "table flags"))
+    }
+
+    /// Inserts every CIDR (host bits cleared). Entries already present keep their hit counters. Either
+    /// every new entry fits and is inserted, or nothing is (a full table is refused up front). Returns
+    /// how many were new.
     pub fn insert_many(&mut self, nets: &[IpNet]) -> Result<usize, DatapathError> {
-        let mut new4 = Vec::new();
-        let mut new6 = Vec::new();
+        let mut groups: [Vec<IpNet>; 4] = Default::default();
         let mut seen = HashSet::new();
         for net in nets {
             let net = net.trunc();
-            if self.entries.contains(&net) || !seen.insert(net) {
+            if !self.entries.contains(&net) && seen.insert(net) {
+                groups[self.table_of(&net) as usize].push(net);
+            }
+        }
+        let c = &self.counts;
+        let (have4, have6) = (c[0] + c[1], c[2] + c[3]);
+        let (add4, add6) = (groups[0].len() + groups[1].len(), groups[2].len() + groups[3].len());
+        if have4 + add4 > self.v4_max as usize {
+            return Err(self.full("v4", self.v4_max, have4, add4));
+        }
+        if have6 + add6 > self.v6_max as usize {
+            return Err(self.full("v6", self.v6_max, have6, add6));
+        }
+        let value = V::default();
+        let tables = [TableFlag::HostV4, TableFlag::PrefixV4, TableFlag::HostV6, TableFlag::PrefixV6];
+        for (t, group) in tables.into_iter().zip(groups.iter()) {
+            if group.is_empty() {
                 continue;
             }
-            match net {
-                IpNet::V4(n) => new4.push(n),
-                IpNet::V6(n) => new6.push(n),
+            // Raise the flag first: the datapath must never skip a table that already holds entries.
+            self.set_flag(t, true)?;
+            for chunk in group.chunks(BATCH_CHUNK) {
+                let mut keys = Vec::with_capacity(chunk.len() * 20);
+                for net in chunk {
+                    if matches!(t, TableFlag::PrefixV4 | TableFlag::PrefixV6) {
+                        keys.extend_from_slice(&(net.prefix_len() as u32).to_ne_bytes());
+                    }
+                    match net.network() {
+                        IpAddr::V4(a) => keys.extend_from_slice(&a.octets()),
+                        IpAddr::V6(a) => keys.extend_from_slice(&a.octets()),
+                    }
+                }
+                self.write_batch(self.fd(t), &keys, chunk.len(), &value)?;
+                self.entries.extend(chunk.iter().copied());
+                self.counts[t as usize] += chunk.len();
             }
         }
-        let (have4, have6) = self.counts();
-        if have4 + new4.len() > self.v4_max as usize {
-            return Err(self.full("v4", self.v4_max, have4, new4.len()));
-        }
-        if have6 + new6.len() > self.v6_max as usize {
-            return Err(self.full("v6", self.v6_max, have6, new6.len()));
-        }
-
-        let value = V::default();
-        for chunk in new4.chunks(BATCH_CHUNK) {
-            let mut keys = Vec::with_capacity(chunk.len() * 8);
-            for n in chunk {
-                key_bytes(n.prefix_len(), n.network().octets(), &mut keys);
-            }
-            self.write_batch(true, &keys, chunk.len(), &value)?;
-            self.entries.extend(chunk.iter().map(|n| IpNet::V4(*n)));
-        }
-        for chunk in new6.chunks(BATCH_CHUNK) {
-            let mut keys = Vec::with_capacity(chunk.len() * 20);
-            for n in chunk {
-                key_bytes(n.prefix_len(), n.network().octets(), &mut keys);
-            }
-            self.write_batch(false, &keys, chunk.len(), &value)?;
-            self.entries.extend(chunk.iter().map(|n| IpNet::V6(*n)));
-        }
-        Ok(new4.len() + new6.len())
+        Ok(add4 + add6)
     }
 
     fn full(&self, family: &str, max: u32, have: usize, adding: usize) -> DatapathError {
@@ -133,37 +188,28 @@ impl<V: Pod + Default> CidrTable<V> {
     }
 
     /// One BPF_MAP_UPDATE_BATCH per chunk; element-wise updates where the kernel has no batch support
-    /// for LPM tries.
-    fn write_batch(&mut self, v4: bool, keys: &[u8], n: usize, value: &V) -> Result<(), DatapathError> {
+    /// for the map type.
+    fn write_batch(&self, fd: RawFd, keys: &[u8], n: usize, value: &V) -> Result<(), DatapathError> {
         let values: Vec<u8> = std::iter::repeat_n(pod_bytes(value), n).flatten().copied().collect();
         let key_size = keys.len() / n;
-        let map = if v4 { self.v4.map() } else { self.v6.map() };
-        let fd = map.fd().as_fd().as_raw_fd();
         let done = match batch::update_batch(fd, keys, &values, n as u32) {
             Ok(()) => return Ok(()),
             Err((_, e)) if batch::unsupported(&e) => 0,
-            Err((done, e)) => {
+            Err((done, source)) => {
                 return Err(DatapathError::Syscall {
                     op: "BPF_MAP_UPDATE_BATCH",
                     map: self.name,
                     applied: done as usize,
-                    source: e,
+                    source,
                 });
             }
         };
+        let value = pod_bytes(value);
         for (i, key) in keys.chunks(key_size).enumerate().skip(done) {
-            let prefix = u32::from_ne_bytes(key[..4].try_into().expect("4-byte prefix"));
-            let res = if v4 {
-                let addr: [u8; 4] = key[4..].try_into().expect("v4 key");
-                self.v4.insert(&Key::new(prefix, addr), value, 0)
-            } else {
-                let addr: [u8; 16] = key[4..].try_into().expect("v6 key");
-                self.v6.insert(&Key::new(prefix, addr), value, 0)
-            };
-            res.map_err(|source| DatapathError::Map {
-                op: "insert",
+            batch::update_elem(fd, key, value).map_err(|source| DatapathError::Syscall {
+                op: "BPF_MAP_UPDATE_ELEM",
                 map: self.name,
-                detail: format!("after {i} of {n} elements"),
+                applied: i,
                 source,
             })?;
         }
@@ -174,30 +220,27 @@ impl<V: Pod + Default> CidrTable<V> {
     /// idempotent.
     pub fn remove(&mut self, net: IpNet) -> Result<bool, DatapathError> {
         let net = net.trunc();
-        let res = match net {
-            IpNet::V4(n) => self.v4.remove(&Key::new(n.prefix_len().into(), n.network().octets())),
-            IpNet::V6(n) => self.v6.remove(&Key::new(n.prefix_len().into(), n.network().octets())),
+        let t = self.table_of(&net);
+        let name = self.name;
+        let res = match (net, t, self.hosts.as_mut()) {
+            (IpNet::V4(n), TableFlag::HostV4, Some(h)) => h.v4.remove(&n.addr().octets()),
+            (IpNet::V6(n), TableFlag::HostV6, Some(h)) => h.v6.remove(&n.addr().octets()),
+            (IpNet::V4(n), ..) => self.v4.remove(&Key::new(n.prefix_len().into(), n.network().octets())),
+            (IpNet::V6(n), ..) => self.v6.remove(&Key::new(n.prefix_len().into(), n.network().octets())),
         };
-        match res {
-            Ok(()) => {
-                self.entries.remove(&net);
-                Ok(true)
+        let removed = match res {
+            Ok(()) => true,
+            Err(e) if not_found(&e) => false,
+            Err(e) => return Err(map_err("remove", name, net)(e)),
+        };
+        if self.entries.remove(&net) {
+            self.counts[t as usize] -= 1;
+            // Lower the flag only once the table is empty, after the removal.
+            if self.counts[t as usize] == 0 {
+                self.set_flag(t, false)?;
             }
-            Err(MapError::KeyNotFound) => {
-                self.entries.remove(&net);
-                Ok(false)
-            }
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                self.entries.remove(&net);
-                Ok(false)
-            }
-            Err(source) => Err(DatapathError::Map {
-                op: "remove",
-                map: self.name,
-                detail: net.to_string(),
-                source,
-            }),
         }
+        Ok(removed)
     }
 
     /// The value of exactly this entry (its hit counters), or None when it is not an entry.
@@ -207,57 +250,63 @@ impl<V: Pod + Default> CidrTable<V> {
             return Ok(None);
         }
         // The entry exists, so the longest prefix matching its own key is the entry itself.
-        let res = match net {
-            IpNet::V4(n) => self.v4.get(&Key::new(n.prefix_len().into(), n.network().octets()), 0),
-            IpNet::V6(n) => self.v6.get(&Key::new(n.prefix_len().into(), n.network().octets()), 0),
+        let res = match (net, self.table_of(&net), &self.hosts) {
+            (IpNet::V4(n), TableFlag::HostV4, Some(h)) => h.v4.get(&n.addr().octets(), 0),
+            (IpNet::V6(n), TableFlag::HostV6, Some(h)) => h.v6.get(&n.addr().octets(), 0),
+            (IpNet::V4(n), ..) => self.v4.get(&Key::new(n.prefix_len().into(), n.network().octets()), 0),
+            (IpNet::V6(n), ..) => self.v6.get(&Key::new(n.prefix_len().into(), n.network().octets()), 0),
         };
         match res {
             Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DatapathError::Map {
-                op: "lookup",
-                map: self.name,
-                detail: net.to_string(),
-                source,
-            }),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(map_err("lookup", self.name, net)(e)),
         }
     }
 
-    /// The entry that decides an address's verdict: the longest prefix containing it.
+    /// The entry that decides an address's verdict: its host entry, else the longest prefix holding it.
     pub fn lookup_addr(&self, addr: IpAddr) -> Result<Option<V>, DatapathError> {
-        let res = match addr {
-            IpAddr::V4(a) => self.v4.get(&Key::new(32, a.octets()), 0),
-            IpAddr::V6(a) => self.v6.get(&Key::new(128, a.octets()), 0),
+        let host = match (addr, &self.hosts) {
+            (IpAddr::V4(a), Some(h)) => Some(h.v4.get(&a.octets(), 0)),
+            (IpAddr::V6(a), Some(h)) => Some(h.v6.get(&a.octets(), 0)),
+            _ => None,
+        };
+        let res = match host {
+            Some(Ok(v)) => return Ok(Some(v)),
+            Some(Err(e)) if !not_found(&e) => return Err(map_err("lookup", self.name, addr)(e)),
+            _ => match addr {
+                IpAddr::V4(a) => self.v4.get(&Key::new(32, a.octets()), 0),
+                IpAddr::V6(a) => self.v6.get(&Key::new(128, a.octets()), 0),
+            },
         };
         match res {
             Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DatapathError::Map {
-                op: "lookup",
-                map: self.name,
-                detail: addr.to_string(),
-                source,
-            }),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(map_err("lookup", self.name, addr)(e)),
         }
     }
 
-    /// Every entry with its value, read from the kernel (not from the userspace index), so it shows
+    /// Every entry with its value, read from the kernel maps (not from the userspace index), so it shows
     /// what is really enforced.
     pub fn list(&self) -> Result<Vec<(IpNet, V)>, DatapathError> {
-        let err = |source| DatapathError::Map {
-            op: "iterate",
-            map: self.name,
-            detail: String::new(),
-            source,
-        };
+        let name = self.name;
         let mut out = Vec::with_capacity(self.entries.len());
+        if let Some(h) = &self.hosts {
+            for item in h.v4.iter() {
+                let (k, v) = item.map_err(map_err("iterate", name, "hosts v4"))?;
+                out.push((IpNet::from(IpAddr::from(k)), v));
+            }
+            for item in h.v6.iter() {
+                let (k, v) = item.map_err(map_err("iterate", name, "hosts v6"))?;
+                out.push((IpNet::from(IpAddr::from(k)), v));
+            }
+        }
         for item in self.v4.iter() {
-            let (k, v) = item.map_err(err)?;
+            let (k, v) = item.map_err(map_err("iterate", name, "prefixes v4"))?;
             let net = ipnet::Ipv4Net::new(k.data().into(), k.prefix_len() as u8).expect("kernel prefix <= 32");
             out.push((IpNet::V4(net), v));
         }
         for item in self.v6.iter() {
-            let (k, v) = item.map_err(err)?;
+            let (k, v) = item.map_err(map_err("iterate", name, "prefixes v6"))?;
             let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8).expect("kernel prefix <= 128");
             out.push((IpNet::V6(net), v));
         }

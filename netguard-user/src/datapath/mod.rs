@@ -24,7 +24,7 @@ use netguard_common::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use cidr::CidrTable;
+pub use cidr::{CidrTable, HostLayer};
 pub use error::DatapathError;
 pub use events::EventStream;
 use error::PRIV_HINT;
@@ -129,6 +129,8 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::BLOCK_V4, config.blocklist_v4_max)
             .map_max_entries(maps::BLOCK_V6, config.blocklist_v6_max)
+            .map_max_entries(maps::BLOCK_HOST_V4, config.blocklist_v4_max)
+            .map_max_entries(maps::BLOCK_HOST_V6, config.blocklist_v6_max)
             .map_max_entries(maps::ALLOW_V4, config.allowlist_v4_max)
             .map_max_entries(maps::ALLOW_V6, config.allowlist_v6_max)
             .map_max_entries(maps::FLOWS, config.flows_max)
@@ -166,6 +168,11 @@ impl Datapath {
             "blocklist",
             typed(&mut ebpf, maps::BLOCK_V4)?,
             typed(&mut ebpf, maps::BLOCK_V6)?,
+            Some(HostLayer {
+                v4: typed(&mut ebpf, maps::BLOCK_HOST_V4)?,
+                v6: typed(&mut ebpf, maps::BLOCK_HOST_V6)?,
+            }),
+            typed(&mut ebpf, maps::TABLE_FLAGS)?,
             config.blocklist_v4_max,
             config.blocklist_v6_max,
         );
@@ -173,6 +180,8 @@ impl Datapath {
             "allowlist",
             typed(&mut ebpf, maps::ALLOW_V4)?,
             typed(&mut ebpf, maps::ALLOW_V6)?,
+            None,
+            typed(&mut ebpf, maps::ALLOW_FLAGS)?,
             config.allowlist_v4_max,
             config.allowlist_v6_max,
         );
