@@ -1,0 +1,374 @@
+//! Keeps writes through a backend outage (meant for Redis: the embedded store does not go away).
+//!
+//! While the backend is unreachable, writes are queued in order (bounded) and a background task
+//! retries with exponential backoff, replaying them in the same order when the backend is back.
+//! Reads fail fast with [`StoreError::Unavailable`] meanwhile: the daemon keeps enforcing from its
+//! kernel maps, which are the source of truth for the datapath. Once anything is queued, every
+//! later write queues behind it, so the backend sees writes in the order they were made.
+//!
+//! Delivery is at least once: a write whose reply was lost (the server applied it, then the
+//! connection dropped) is replayed. Entry, sensor and kv writes are idempotent; an alert may then
+//! appear twice and a counter may over-count, which is preferable to losing a block.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use tokio::sync::{Mutex, Notify};
+use tokio::task::AbortHandle;
+
+use crate::error::{Result, StoreError};
+use crate::types::{self, Alert, AlertQuery, ListEntry, ListKind, Scope, Sensor};
+use crate::{ChangeReceiver, Store};
+
+/// Queue size and retry pacing.
+#[derive(Debug, Clone)]
+pub struct ResilientConfig {
+    /// Writes kept while the backend is down; past this, writes fail with `QueueFull`.
+    pub capacity: usize,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for ResilientConfig {
+    fn default() -> Self {
+        ResilientConfig {
+            capacity: 10_000,
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A write, owned so it can wait in the queue.
+#[derive(Debug, Clone)]
+enum Op {
+    PutEntries(ListKind, Vec<ListEntry>),
+    RemoveEntry(ListKind, IpNet, Scope),
+    AppendAlert(Box<Alert>),
+    PutSensor(Sensor),
+    RemoveSensor(String),
+    KvPut(String, Vec<u8>),
+    IncrCounter(String, u64),
+}
+
+/// What a write returned, or that it was queued.
+enum Applied {
+    Unit,
+    Bool(bool),
+    Count(u64),
+    Queued,
+}
+
+async fn apply<S: Store + ?Sized>(store: &S, op: &Op) -> Result<Applied> {
+    Ok(match op {
+        Op::PutEntries(kind, entries) => {
+            store.put_entries(*kind, entries).await?;
+            Applied::Unit
+        }
+        Op::RemoveEntry(kind, cidr, scope) => {
+            Applied::Bool(store.remove_entry(*kind, cidr, scope).await?)
+        }
+        Op::AppendAlert(alert) => {
+            store.append_alert(alert).await?;
+            Applied::Unit
+        }
+        Op::PutSensor(sensor) => {
+            store.put_sensor(sensor).await?;
+            Applied::Unit
+        }
+        Op::RemoveSensor(id) => Applied::Bool(store.remove_sensor(id).await?),
+        Op::KvPut(key, value) => {
+            store.kv_put(key, value).await?;
+            Applied::Unit
+        }
+        Op::IncrCounter(name, by) => Applied::Count(store.incr_counter(name, *by).await?),
+    })
+}
+
+struct Shared<S> {
+    inner: Arc<S>,
+    config: ResilientConfig,
+    /// The queue lock is also held while a write goes straight to the backend, which is what
+    /// keeps writes in order between the direct path and the replay.
+    queue: Mutex<VecDeque<Op>>,
+    /// Mirror of the queue length, readable without the async lock (for metrics).
+    queued: AtomicUsize,
+    /// Queued writes the backend rejected for a reason other than unavailability on replay.
+    dropped: AtomicU64,
+    wake: Notify,
+    /// Backend and location from the last `Unavailable`, for the `QueueFull` message.
+    last_down: SyncMutex<Option<(&'static str, String)>>,
+    /// Counter totals as last known plus queued increments: what `incr_counter` answers while
+    /// the real total cannot be read.
+    counter_estimates: SyncMutex<HashMap<String, u64>>,
+}
+
+impl<S: Store> Shared<S> {
+    /// Replays the queue in order. Stops at the first `Unavailable` (the op stays at the front)
+    /// and returns that error; returns `Ok` once the queue is empty.
+    async fn drain(&self) -> Result<()> {
+        let mut queue = self.queue.lock().await;
+        while let Some(op) = queue.front() {
+            match apply(&*self.inner, op).await {
+                Ok(applied) => self.note_applied(op, &applied),
+                Err(e) if e.is_unavailable() => return Err(e),
+                Err(e) => {
+                    // Retrying cannot fix a rejected write, and keeping it would block every
+                    // write behind it forever.
+                    log::error!("dropping queued store write {op:?}: {e}");
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            queue.pop_front();
+            self.queued.store(queue.len(), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn note_applied(&self, op: &Op, applied: &Applied) {
+        if let (Op::IncrCounter(name, _), Applied::Count(total)) = (op, applied) {
+            let mut estimates = self
+                .counter_estimates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            estimates.insert(name.clone(), *total);
+        }
+    }
+
+    /// Sends a write to the backend, or queues it behind earlier queued writes or when the
+    /// backend is unavailable.
+    async fn submit(&self, op: Op) -> Result<Applied> {
+        let mut queue = self.queue.lock().await;
+        if queue.is_empty() {
+            match apply(&*self.inner, &op).await {
+                Ok(applied) => {
+                    self.note_applied(&op, &applied);
+                    return Ok(applied);
+                }
+                Err(StoreError::Unavailable {
+                    backend, location, ..
+                }) => {
+                    log::warn!("{backend} at {location} is unreachable: queueing writes");
+                    let mut last = self.last_down.lock().unwrap_or_else(|e| e.into_inner());
+                    *last = Some((backend, location));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if queue.len() >= self.config.capacity {
+            let last = self.last_down.lock().unwrap_or_else(|e| e.into_inner());
+            let (backend, location) = last.clone().unwrap_or(("store", "?".to_owned()));
+            log::error!("store write queue is full: dropping a write");
+            return Err(StoreError::QueueFull {
+                backend,
+                location,
+                capacity: self.config.capacity,
+            });
+        }
+        if let Op::IncrCounter(name, by) = &op {
+            let mut estimates = self
+                .counter_estimates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let total = estimates.entry(name.clone()).or_default();
+            *total = total.saturating_add(*by);
+        }
+        queue.push_back(op);
+        self.queued.store(queue.len(), Ordering::Relaxed);
+        self.wake.notify_one();
+        Ok(Applied::Queued)
+    }
+}
+
+/// Wraps a backend (normally [`crate::RedisStore`]) with an ordered, bounded write queue.
+/// Must be created inside a tokio runtime (it spawns the retry task). Call [`Self::flush`] before
+/// shutdown: queued writes are dropped with the store.
+pub struct ResilientStore<S> {
+    shared: Arc<Shared<S>>,
+    retry_task: AbortHandle,
+}
+
+impl<S> Drop for ResilientStore<S> {
+    fn drop(&mut self) {
+        self.retry_task.abort();
+    }
+}
+
+impl<S: Store + 'static> ResilientStore<S> {
+    pub fn new(inner: Arc<S>, config: ResilientConfig) -> Self {
+        let shared = Arc::new(Shared {
+            inner,
+            queue: Mutex::new(VecDeque::new()),
+            queued: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            wake: Notify::new(),
+            last_down: SyncMutex::new(None),
+            counter_estimates: SyncMutex::new(HashMap::new()),
+            config,
+        });
+        let task_shared = Arc::clone(&shared);
+        let retry_task = tokio::spawn(async move {
+            loop {
+                task_shared.wake.notified().await;
+                let mut backoff = task_shared.config.min_backoff;
+                while task_shared.drain().await.is_err() {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(task_shared.config.max_backoff);
+                }
+                log::info!("store write queue replayed; backend reachable again");
+            }
+        })
+        .abort_handle();
+        ResilientStore { shared, retry_task }
+    }
+
+    /// The wrapped backend, e.g. for `RedisStore::location`.
+    pub fn inner(&self) -> &Arc<S> {
+        &self.shared.inner
+    }
+
+    /// Writes waiting for the backend; export it as a gauge.
+    pub fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// Queued writes dropped because the backend rejected them on replay; export as a counter.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Replays the queue now. `Ok` once everything queued has reached the backend, otherwise
+    /// the `Unavailable` error that stopped it (the rest stays queued, in order).
+    pub async fn flush(&self) -> Result<()> {
+        self.shared.drain().await
+    }
+
+    /// Reads must not see state older than our own queued writes: replay first, or fail.
+    async fn ready(&self) -> Result<()> {
+        if self.queued() > 0 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<S: Store + 'static> Store for ResilientStore<S> {
+    async fn put_entries(&self, kind: ListKind, entries: &[ListEntry]) -> Result<()> {
+        // Validate now: an invalid write found only at replay could no longer be reported.
+        types::validate_entries(entries)?;
+        self.shared
+            .submit(Op::PutEntries(kind, entries.to_vec()))
+            .await?;
+        Ok(())
+    }
+
+    /// While queued, answers `true`: the removal is accepted and will be applied.
+    async fn remove_entry(&self, kind: ListKind, cidr: &IpNet, scope: &Scope) -> Result<bool> {
+        let op = Op::RemoveEntry(kind, *cidr, scope.clone());
+        match self.shared.submit(op).await? {
+            Applied::Bool(removed) => Ok(removed),
+            _ => Ok(true),
+        }
+    }
+
+    async fn list_entries(&self, kind: ListKind) -> Result<Vec<ListEntry>> {
+        self.ready().await?;
+        self.shared.inner.list_entries(kind).await
+    }
+
+    /// Not queued: it must return what it removed, which only the backend knows.
+    async fn take_expired(&self, kind: ListKind, now: DateTime<Utc>) -> Result<Vec<ListEntry>> {
+        self.ready().await?;
+        self.shared.inner.take_expired(kind, now).await
+    }
+
+    async fn next_expiry(&self, kind: ListKind) -> Result<Option<DateTime<Utc>>> {
+        self.ready().await?;
+        self.shared.inner.next_expiry(kind).await
+    }
+
+    async fn append_alert(&self, alert: &Alert) -> Result<()> {
+        self.shared
+            .submit(Op::AppendAlert(Box::new(alert.clone())))
+            .await?;
+        Ok(())
+    }
+
+    async fn alerts(&self, query: AlertQuery) -> Result<Vec<Alert>> {
+        self.ready().await?;
+        self.shared.inner.alerts(query).await
+    }
+
+    async fn put_sensor(&self, sensor: &Sensor) -> Result<()> {
+        types::validate_sensor_id(&sensor.id)?;
+        self.shared.submit(Op::PutSensor(sensor.clone())).await?;
+        Ok(())
+    }
+
+    async fn list_sensors(&self) -> Result<Vec<Sensor>> {
+        self.ready().await?;
+        self.shared.inner.list_sensors().await
+    }
+
+    /// While queued, answers `true`, as `remove_entry` does.
+    async fn remove_sensor(&self, id: &str) -> Result<bool> {
+        match self.shared.submit(Op::RemoveSensor(id.to_owned())).await? {
+            Applied::Bool(removed) => Ok(removed),
+            _ => Ok(true),
+        }
+    }
+
+    async fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.ready().await?;
+        self.shared.inner.kv_get(key).await
+    }
+
+    async fn kv_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        let op = Op::KvPut(key.to_owned(), value.to_vec());
+        self.shared.submit(op).await?;
+        Ok(())
+    }
+
+    /// While queued, answers the last known total plus queued increments (an estimate).
+    async fn incr_counter(&self, name: &str, by: u64) -> Result<u64> {
+        match self
+            .shared
+            .submit(Op::IncrCounter(name.to_owned(), by))
+            .await?
+        {
+            Applied::Count(total) => Ok(total),
+            _ => {
+                let estimates = self
+                    .shared
+                    .counter_estimates
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                Ok(estimates.get(name).copied().unwrap_or(by))
+            }
+        }
+    }
+
+    async fn counters(&self) -> Result<BTreeMap<String, u64>> {
+        self.ready().await?;
+        self.shared.inner.counters().await
+    }
+
+    /// Asks the backend itself, so `/health` shows an outage even while writes still queue.
+    async fn ping(&self) -> Result<()> {
+        self.shared.inner.ping().await
+    }
+
+    fn backend_name(&self) -> &'static str {
+        self.shared.inner.backend_name()
+    }
+
+    async fn subscribe_changes(&self) -> Result<Option<ChangeReceiver>> {
+        self.shared.inner.subscribe_changes().await
+    }
+}
