@@ -32,7 +32,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use netguard_common::{
     AllowValue, BlockValue, Counter, Counters, EventBudget, FAMILY_V4, FlowEvent, FlowKey,
-    FlowStats, TableFlag, defaults, event_kind, proto, tcp_flags,
+    BLOCK_HIT_EVENT_GAP_NS, FlowStats, PREFIX16_WORDS, TableFlag, defaults, event_kind, proto,
+    tcp_flags,
 };
 use parse::{Packet, Parsed};
 
@@ -51,6 +52,8 @@ static BLOCK_HOST_V6: HashMap<[u8; 16], BlockValue> =
 static TABLE_FLAGS: Array<u32> = Array::with_max_entries(TableFlag::COUNT, 0);
 #[map]
 static ALLOW_FLAGS: Array<u32> = Array::with_max_entries(TableFlag::COUNT, 0);
+#[map]
+static PREFIX16_V4: Array<u64> = Array::with_max_entries(PREFIX16_WORDS, 0);
 #[map]
 static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::with_max_entries(defaults::ALLOW_V4_MAX, 0);
 #[map]
@@ -94,7 +97,8 @@ fn try_netguard(ctx: &XdpContext) -> Result<u32, ()> {
 
     let mut slot = core::mem::MaybeUninit::uninit();
     let pkt = Packet::zeroed_in(&mut slot);
-    match parse::parse(ctx, pkt) {
+    let parsed = parse::parse(ctx, pkt);
+    match parsed {
         Parsed::Ip => {}
         Parsed::NonIp => {
             c[Counter::NonIp as usize] += 1;
@@ -106,7 +110,11 @@ fn try_netguard(ctx: &XdpContext) -> Result<u32, ()> {
             if let Some(n) = c.get_mut(reason as usize) {
                 *n += 1;
             }
-            return Ok(pass(c, len));
+            // Without a valid IP header there is no source to judge: pass. With one, fall through to
+            // the blocklist, or a blocked source could slip past by truncating its TCP header.
+            if !pkt.src_known {
+                return Ok(pass(c, len));
+            }
         }
     }
     if pkt.vlan {
@@ -118,10 +126,22 @@ fn try_netguard(ctx: &XdpContext) -> Result<u32, ()> {
 
     // SAFETY: plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if is_blocked(&pkt.key, c, now) {
-        c[Counter::DropPackets as usize] += 1;
-        c[Counter::DropBytes as usize] += len;
-        return Ok(xdp_action::XDP_DROP);
+    match is_blocked(&pkt.key, c, now) {
+        Verdict::Pass => {}
+        Verdict::Drop { notify } => {
+            c[Counter::DropPackets as usize] += 1;
+            c[Counter::DropBytes as usize] += len;
+            if notify {
+                let flags = if pkt.key.proto == proto::TCP { pkt.tcp_flags } else { 0 };
+                emit_event(event_kind::BLOCK_HIT, pkt, flags, len, now, c);
+            }
+            return Ok(xdp_action::XDP_DROP);
+        }
+    }
+    // A packet that failed to parse past its IP header is passed but not accounted to a flow: its
+    // ports are unknown, and inventing a flow for it would mislead detection.
+    if !matches!(parsed, Parsed::Ip) {
+        return Ok(pass(c, len));
     }
 
     account_flow(ctx, pkt, c, len, now);
@@ -155,10 +175,20 @@ fn block_lookup_v4(src: [u8; 4]) -> Option<&'static BlockValue> {
             return Some(v);
         }
     }
-    if table_used(TableFlag::PrefixV4) {
+    if table_used(TableFlag::PrefixV4) && prefix16_may_match(src) {
         return BLOCK_V4.get(Key::new(32, src));
     }
     None
+}
+
+/// Whether any IPv4 blocklist prefix overlaps the /16 of `src` (see `PREFIX16_V4`).
+#[inline(always)]
+fn prefix16_may_match(src: [u8; 4]) -> bool {
+    let slash16 = u16::from_be_bytes([src[0], src[1]]) as u32;
+    match PREFIX16_V4.get((slash16 >> 6) % PREFIX16_WORDS) {
+        Some(word) => *word & (1u64 << (slash16 & 63)) != 0,
+        None => true,
+    }
 }
 
 #[inline(always)]
@@ -175,48 +205,60 @@ fn block_lookup_v6(src: [u8; 16]) -> Option<&'static BlockValue> {
     None
 }
 
+enum Verdict {
+    Pass,
+    /// `notify`: the entry had been quiet for BLOCK_HIT_EVENT_GAP_NS, so userspace hears about it.
+    Drop { notify: bool },
+}
+
 /// Blocklist verdict for the packet's source. Records the hit on the matching entry, or the override
 /// on the allowlist entry that saved it.
 #[inline(always)]
-fn is_blocked(key: &FlowKey, c: &mut [u64; Counter::COUNT], now: u64) -> bool {
+fn is_blocked(key: &FlowKey, c: &mut [u64; Counter::COUNT], now: u64) -> Verdict {
     if key.family == FAMILY_V4 {
         let src = [key.src[0], key.src[1], key.src[2], key.src[3]];
         let Some(hit) = block_lookup_v4(src) else {
-            return false;
+            return Verdict::Pass;
         };
         if allow_used(TableFlag::PrefixV4)
             && let Some(allow) = ALLOW_V4.get(Key::new(32, src))
         {
             record_override(allow, c, now);
-            return false;
+            return Verdict::Pass;
         }
-        record_hit(hit, now);
         c[Counter::DropBlocklistV4 as usize] += 1;
+        Verdict::Drop {
+            notify: record_hit(hit, now),
+        }
     } else {
         let Some(hit) = block_lookup_v6(key.src) else {
-            return false;
+            return Verdict::Pass;
         };
         if allow_used(TableFlag::PrefixV6)
             && let Some(allow) = ALLOW_V6.get(Key::new(128, key.src))
         {
             record_override(allow, c, now);
-            return false;
+            return Verdict::Pass;
         }
-        record_hit(hit, now);
         c[Counter::DropBlocklistV6 as usize] += 1;
+        Verdict::Drop {
+            notify: record_hit(hit, now),
+        }
     }
-    true
 }
 
 /// Entries are shared by all CPUs, so hit counts use atomic adds; `last_hit_ns` is a plain store
-/// because any CPU's recent timestamp is as good as another's.
+/// because any CPU's recent timestamp is as good as another's. Returns true when the entry had been
+/// quiet for the event gap (two CPUs racing here may both say so; userspace deduplicates).
 #[inline(always)]
-fn record_hit(v: &BlockValue, now: u64) {
+fn record_hit(v: &BlockValue, now: u64) -> bool {
     let v = v as *const BlockValue as *mut BlockValue;
     // SAFETY: `v` points into a map value, which is writable kernel memory that outlives this call.
     unsafe {
         atomic_add(&raw mut (*v).hits, 1);
+        let quiet = now.wrapping_sub((*v).last_hit_ns) >= BLOCK_HIT_EVENT_GAP_NS;
         (*v).last_hit_ns = now;
+        quiet
     }
 }
 
@@ -255,7 +297,7 @@ fn account_flow(ctx: &XdpContext, pkt: &Packet, c: &mut [u64; Counter::COUNT], l
     match FLOWS.insert(&pkt.key, &st, aya_ebpf::bindings::BPF_NOEXIST.into()) {
         Ok(()) => {
             c[Counter::FlowsCreated as usize] += 1;
-            emit_new_flow(pkt, flags, len, now, c);
+            emit_event(event_kind::NEW_FLOW, pkt, flags, len, now, c);
         }
         Err(err) => {
             if let Some(st) = FLOWS.get_ptr_mut(&pkt.key) {
@@ -308,11 +350,11 @@ fn update_flow(st: *mut FlowStats, pkt: &Packet, flags: u32, len: u64, now: u64)
     }
 }
 
-/// Sends a NEW_FLOW event, at most `EVENT_BUDGET_PER_MS` per CPU per millisecond. Under a
-/// random-source flood every packet is a new flow; the budget keeps the ring buffer from becoming a
-/// per-packet channel, and userspace still sees every flow in the flow map.
+/// Sends an event, at most `EVENT_BUDGET_PER_MS` per CPU per millisecond. Under a random-source flood
+/// every packet is a new flow; the budget keeps the ring buffer from becoming a per-packet channel,
+/// and userspace still sees every flow in the flow map.
 #[inline(always)]
-fn emit_new_flow(pkt: &Packet, flags: u32, len: u64, now: u64, c: &mut [u64; Counter::COUNT]) {
+fn emit_event(kind: u32, pkt: &Packet, flags: u32, len: u64, now: u64, c: &mut [u64; Counter::COUNT]) {
     let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
         return;
     };
@@ -334,7 +376,7 @@ fn emit_new_flow(pkt: &Packet, flags: u32, len: u64, now: u64, c: &mut [u64; Cou
     match EVENTS.reserve::<FlowEvent>(0) {
         Some(mut entry) => {
             entry.write(FlowEvent {
-                kind: event_kind::NEW_FLOW,
+                kind,
                 tcp_flags: flags,
                 ts_ns: now,
                 key: pkt.key,

@@ -34,6 +34,9 @@ pub struct Packet {
     pub tcp_flags: u32,
     pub vlan: bool,
     pub fragment: bool,
+    /// The IP header was valid, so `key.src` is the real source even if a later layer failed to
+    /// parse: the blocklist still applies to such packets.
+    pub src_known: bool,
 }
 
 impl Packet {
@@ -58,7 +61,8 @@ impl Packet {
 
 const _: () = assert!(size_of::<Packet>() % 8 == 0 && align_of::<Packet>() == 8);
 
-/// Parse result. Anything but `Ip` is passed untouched by the caller.
+/// Parse result. `NonIp` is passed untouched. `Error` is passed unless the IP header was valid and its
+/// source is blocklisted.
 pub enum Parsed {
     Ip,
     NonIp,
@@ -127,6 +131,7 @@ fn parse_ipv4(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Parsed {
     if version != 4 || ihl < 5 {
         return Parsed::Error(Counter::ParseBadIpHeader);
     }
+    pkt.src_known = true;
     let key = &mut pkt.key;
     key.family = FAMILY_V4;
     key.proto = ip[9];
@@ -156,24 +161,27 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Parsed {
     if ip[0] >> 4 != 6 {
         return Parsed::Error(Counter::ParseBadIpHeader);
     }
+    pkt.src_known = true;
     pkt.key.family = FAMILY_V6;
     pkt.key.src.copy_from_slice(&ip[8..24]);
     pkt.key.dst.copy_from_slice(&ip[24..40]);
     let mut next = ip[6];
     let mut off = off + Ipv6Hdr::LEN;
 
-    // Walk a bounded number of extension headers. ESP (50) and "no next header" (59) end the walk like
-    // any other upper-layer value: there are no ports to read behind them.
+    // Walk up to IPV6_MAX_EXT_HEADERS extension headers; one more iteration looks at the header after
+    // the last one. ESP (50) and "no next header" (59) end the walk like any other upper-layer value:
+    // there are no ports to read behind them.
     let mut i = 0;
-    while i < IPV6_MAX_EXT_HEADERS {
+    while i <= IPV6_MAX_EXT_HEADERS {
+        let is_ext = matches!(next, IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH | IPV6_FRAGMENT);
+        if !is_ext {
+            pkt.key.proto = next;
+            return parse_l4(ctx, off, pkt);
+        }
+        if i == IPV6_MAX_EXT_HEADERS {
+            break;
+        }
         match next {
-            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
-                let Some(h) = bytes::<2>(ctx, off) else {
-                    return Parsed::Error(Counter::ParseTruncatedL3);
-                };
-                next = h[0];
-                off += (h[1] as usize + 1) * 8;
-            }
             IPV6_AUTH => {
                 let Some(h) = bytes::<2>(ctx, off) else {
                     return Parsed::Error(Counter::ParseTruncatedL3);
@@ -193,14 +201,18 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Parsed {
                     return Parsed::Ip;
                 }
             }
+            // Hop-by-hop, routing, destination options: length in 8-octet units, not counting the first.
             _ => {
-                pkt.key.proto = next;
-                return parse_l4(ctx, off, pkt);
+                let Some(h) = bytes::<2>(ctx, off) else {
+                    return Parsed::Error(Counter::ParseTruncatedL3);
+                };
+                next = h[0];
+                off += (h[1] as usize + 1) * 8;
             }
         }
         i += 1;
     }
-    // Still inside the extension chain after the budget: do not guess where the transport header is.
+    // More extension headers than the budget: do not guess where the transport header is.
     pkt.key.proto = next;
     Parsed::Error(Counter::ParseIpv6ExtLimit)
 }

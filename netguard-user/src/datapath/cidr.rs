@@ -27,10 +27,35 @@ use super::{DatapathError, batch};
 /// Inserts larger than this go to the kernel in several batch calls, bounding the temporary buffers.
 const BATCH_CHUNK: usize = 65_536;
 
-/// The blocklist's exact-host layer.
+/// The blocklist's extra layers: exact hosts in hash maps, and the /16 presence bitmap that lets
+/// packets skip the IPv4 prefix trie.
 pub struct HostLayer<V: Pod> {
     pub v4: HashMap<MapData, [u8; 4], V>,
     pub v6: HashMap<MapData, [u8; 16], V>,
+    pub prefix16: Array<MapData, u64>,
+}
+
+/// Userspace side of `PREFIX16_V4`: how many IPv4 prefixes overlap each /16, and the bit words as last
+/// written to the kernel.
+struct Prefix16 {
+    refs: Vec<u32>,
+    words: Vec<u64>,
+}
+
+impl Prefix16 {
+    fn new() -> Self {
+        Self {
+            refs: vec![0; 1 << 16],
+            words: vec![0; netguard_common::PREFIX16_WORDS as usize],
+        }
+    }
+
+    /// The /16 buckets an IPv4 prefix overlaps.
+    fn buckets(net: &ipnet::Ipv4Net) -> std::ops::Range<usize> {
+        let first = (u32::from(net.network()) >> 16) as usize;
+        let len = net.prefix_len().min(16);
+        first..first + (1usize << (16 - len))
+    }
 }
 
 pub struct CidrTable<V: Pod + Default> {
@@ -44,6 +69,8 @@ pub struct CidrTable<V: Pod + Default> {
     entries: HashSet<IpNet>,
     /// Entries per map, indexed by `TableFlag`.
     counts: [usize; 4],
+    /// Present for the blocklist only.
+    prefix16: Option<Prefix16>,
 }
 
 fn pod_bytes<V: Pod>(v: &V) -> &[u8] {
@@ -56,7 +83,7 @@ fn map_err(op: &'static str, map: &'static str, detail: impl ToString) -> impl F
         op,
         map,
         detail: detail.to_string(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -78,6 +105,7 @@ impl<V: Pod + Default> CidrTable<V> {
         v4_max: u32,
         v6_max: u32,
     ) -> Self {
+        let prefix16 = hosts.as_ref().map(|_| Prefix16::new());
         Self {
             name,
             v4,
@@ -86,6 +114,7 @@ impl<V: Pod + Default> CidrTable<V> {
             flags,
             v4_max,
             v6_max,
+            prefix16,
             entries: HashSet::new(),
             counts: [0; 4],
         }
@@ -97,6 +126,11 @@ impl<V: Pod + Default> CidrTable<V> {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The CIDRs this table holds (from the userspace index, which mirrors every write we made).
+    pub fn nets(&self) -> impl Iterator<Item = &IpNet> {
+        self.entries.iter()
     }
 
     pub fn contains(&self, net: &IpNet) -> bool {
@@ -129,6 +163,32 @@ impl<V: Pod + Default> CidrTable<V> {
         self.flags.set(t as u32, on as u32, 0).map_err(map_err("update", name, "table flags"))
     }
 
+    /// Counts `nets` in or out of their /16 buckets and writes the bitmap words whose bits changed.
+    fn adjust_prefix16(&mut self, nets: &[IpNet], add: bool) -> Result<(), DatapathError> {
+        let (Some(p), Some(h)) = (self.prefix16.as_mut(), self.hosts.as_mut()) else {
+            return Ok(());
+        };
+        let mut dirty = std::collections::BTreeSet::new();
+        for net in nets {
+            let IpNet::V4(n) = net else { continue };
+            for b in Prefix16::buckets(n) {
+                let r = &mut p.refs[b];
+                let was = *r > 0;
+                *r = if add { *r + 1 } else { r.saturating_sub(1) };
+                if was != (*r > 0) {
+                    p.words[b >> 6] ^= 1u64 << (b & 63);
+                    dirty.insert(b >> 6);
+                }
+            }
+        }
+        for w in dirty {
+            h.prefix16
+                .set(w as u32, p.words[w], 0)
+                .map_err(map_err("update", self.name, "prefix /16 bitmap"))?;
+        }
+        Ok(())
+    }
+
     /// Inserts every CIDR (host bits cleared). Entries already present keep their hit counters. Either
     /// every new entry fits and is inserted, or nothing is (a full table is refused up front). Returns
     /// how many were new.
@@ -156,8 +216,12 @@ impl<V: Pod + Default> CidrTable<V> {
             if group.is_empty() {
                 continue;
             }
-            // Raise the flag first: the datapath must never skip a table that already holds entries.
+            // Raise the flag (and /16 bits) first: the datapath must never skip a table that already
+            // holds entries.
             self.set_flag(t, true)?;
+            if t == TableFlag::PrefixV4 {
+                self.adjust_prefix16(group, true)?;
+            }
             for chunk in group.chunks(BATCH_CHUNK) {
                 let mut keys = Vec::with_capacity(chunk.len() * 20);
                 for net in chunk {
@@ -235,6 +299,9 @@ impl<V: Pod + Default> CidrTable<V> {
         };
         if self.entries.remove(&net) {
             self.counts[t as usize] -= 1;
+            if t == TableFlag::PrefixV4 {
+                self.adjust_prefix16(&[net], false)?;
+            }
             // Lower the flag only once the table is empty, after the removal.
             if self.counts[t as usize] == 0 {
                 self.set_flag(t, false)?;

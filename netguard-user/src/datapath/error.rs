@@ -1,4 +1,7 @@
 //! The datapath's error type. Messages say what failed and what the operator can do about it.
+//!
+//! aya's errors are large (verifier logs, paths); they are boxed so that every `Result` carrying a
+//! `DatapathError` stays small on the happy path.
 
 use aya::{EbpfError, maps::MapError, programs::ProgramError};
 
@@ -7,14 +10,14 @@ pub enum DatapathError {
     #[error("loading the XDP object failed: {source}{hint}")]
     Load {
         #[source]
-        source: EbpfError,
+        source: Box<EbpfError>,
         hint: &'static str,
     },
     #[error("the kernel refused program `{program}`: {source}{hint}")]
     Program {
         program: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
         hint: &'static str,
     },
     #[error("map `{0}` is missing from the XDP object (netguard-ebpf and netguard-user are out of sync; rebuild)")]
@@ -23,7 +26,7 @@ pub enum DatapathError {
     MapType {
         map: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("{op} on map `{map}` failed ({detail}): {source}")]
     Map {
@@ -31,7 +34,7 @@ pub enum DatapathError {
         map: &'static str,
         detail: String,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("{op} on map `{map}` failed after {applied} elements: {source}")]
     Syscall {
@@ -59,13 +62,13 @@ pub enum DatapathError {
         iface: String,
         mode: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
         hint: &'static str,
     },
     #[error("the XDP program is not attached")]
     NotAttached,
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
-    TestRun(#[source] ProgramError),
+    TestRun(#[source] Box<ProgramError>),
 }
 
 /// Appended to load errors caused by missing privileges.

@@ -105,7 +105,7 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DatapathError> {
-    T::try_from(take(ebpf, name)?).map_err(|source| DatapathError::MapType { map: name, source })
+    T::try_from(take(ebpf, name)?).map_err(|source| DatapathError::MapType { map: name, source: Box::new(source) })
 }
 
 fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -139,7 +139,7 @@ impl Datapath {
             .load(OBJECT)
             .map_err(|source| {
                 let hint = if is_eperm(&source) { PRIV_HINT } else { "" };
-                DatapathError::Load { source, hint }
+                DatapathError::Load { source: Box::new(source), hint }
             })?;
 
         // The logger owns the AYA_LOGS map: it must live as long as the programs that write to it.
@@ -157,10 +157,10 @@ impl Datapath {
                 .program_mut(name)
                 .ok_or(DatapathError::MissingMap(name))?
                 .try_into()
-                .map_err(|source| DatapathError::Program { program: name, source, hint: "" })?;
+                .map_err(|source| DatapathError::Program { program: name, source: Box::new(source), hint: "" })?;
             prog.load().map_err(|source| {
                 let hint = if is_eperm(&source) { PRIV_HINT } else { "" };
-                DatapathError::Program { program: name, source, hint }
+                DatapathError::Program { program: name, source: Box::new(source), hint }
             })?;
         }
 
@@ -171,6 +171,7 @@ impl Datapath {
             Some(HostLayer {
                 v4: typed(&mut ebpf, maps::BLOCK_HOST_V4)?,
                 v6: typed(&mut ebpf, maps::BLOCK_HOST_V6)?,
+                prefix16: typed(&mut ebpf, maps::PREFIX16_V4)?,
             }),
             typed(&mut ebpf, maps::TABLE_FLAGS)?,
             config.blocklist_v4_max,
@@ -246,7 +247,7 @@ impl Datapath {
                 DatapathError::Attach {
                     iface: iface.into(),
                     mode: m.as_str(),
-                    source,
+                    source: Box::new(source),
                     hint,
                 }
             })
@@ -279,7 +280,7 @@ impl Datapath {
             .map_err(|source| DatapathError::Attach {
                 iface: att.iface,
                 mode: att.mode.as_str(),
-                source,
+                source: Box::new(source),
                 hint: "the link may already be gone (interface deleted?)",
             })
     }
@@ -359,7 +360,7 @@ impl Datapath {
                     op: "iterate",
                     map: maps::FLOWS,
                     detail: String::new(),
-                    source,
+                    source: Box::new(source),
                 }),
             Err(source) => Err(DatapathError::Syscall {
                 op: "BPF_MAP_LOOKUP_BATCH",
@@ -376,7 +377,7 @@ impl Datapath {
             op: "lookup",
             map: maps::COUNTERS,
             detail: "slot 0".into(),
-            source,
+            source: Box::new(source),
         })?;
         let mut total = Counters::default();
         for cpu in per_cpu.iter() {
@@ -423,7 +424,7 @@ fn run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration), Datapat
         repeat,
         ..Default::default()
     };
-    let res = prog.test_run(opts).map_err(DatapathError::TestRun)?;
+    let res = prog.test_run(opts).map_err(|e| DatapathError::TestRun(Box::new(e)))?;
     Ok((res.return_value, res.duration))
 }
 
