@@ -15,6 +15,7 @@ use crate::error::StoreError;
 /// Which list an entry belongs to. The two lists are stored separately so that an allow entry and a
 /// block entry for the same CIDR can coexist (the datapath gives the allowlist precedence).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ListKind {
     Block,
@@ -88,6 +89,7 @@ impl<'de> Deserialize<'de> for Scope {
 
 /// Who created an entry; the REST API shows it as `source`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EntrySource {
     Manual,
@@ -98,9 +100,13 @@ pub enum EntrySource {
 
 /// One blocklist or allowlist entry. Identity is (kind, cidr, scope): putting an entry with the
 /// same identity replaces the old one. Per-entry `hits` are not stored: they live in the kernel map.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListEntry {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "203.0.113.0/24"))]
     pub cidr: IpNet,
+    /// "global" or a sensor id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "global"))]
     pub scope: Scope,
     #[serde(default)]
     pub reason: Option<String>,
@@ -234,14 +240,17 @@ fn one() -> u32 {
 }
 
 /// One alert, exactly DESIGN.md's alert JSON plus `count`, the number of deduplicated repeats.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub id: String,
     pub ts: DateTime<Utc>,
     pub sensor_id: String,
     pub class: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub src_ip: IpAddr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub dst_ip: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst_port: Option<u16>,
@@ -250,6 +259,7 @@ pub struct Alert {
     pub mitre: String,
     pub action: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub evidence: serde_json::Map<String, serde_json::Value>,
     #[serde(default = "one")]
     pub count: u32,
@@ -283,6 +293,7 @@ impl AlertQuery {
 }
 
 /// A sensor (a host running `netguard`) known to the fleet; the seed API calls these "vms".
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sensor {
     pub id: String,

@@ -1,6 +1,6 @@
 //! The daemon's configuration file (TOML). Every section is optional; missing keys take defaults.
 
-use std::path::Path;
+use std::{path::Path, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +9,69 @@ use crate::datapath::DatapathConfig;
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// This sensor's id in a fleet; default: the host name.
+    pub sensor_id: Option<String>,
     pub datapath: DatapathConfig,
+    pub store: StoreConfig,
+    pub control: ControlSection,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Redis URL for a fleet-shared store; absent means the embedded store.
+    pub redis: Option<String>,
+    /// Key prefix in Redis, so several fleets can share one server.
+    pub redis_prefix: String,
+    pub state_dir: PathBuf,
+    /// Alert history kept (oldest trimmed).
+    pub alert_cap: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            redis: None,
+            redis_prefix: "netguard".into(),
+            state_dir: PathBuf::from("/var/lib/netguard"),
+            alert_cap: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlSection {
+    /// Largest bulk list request, in items.
+    pub max_bulk: usize,
+    /// Minimum time between two blocklist-hit alerts for one source, e.g. "60s".
+    #[serde(with = "humantime_serde_compat")]
+    pub hit_alert_cooldown: Duration,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        Self {
+            max_bulk: 100_000,
+            hit_alert_cooldown: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Durations in the config file are humantime strings ("90s", "4h").
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e} (use e.g. \"90s\", \"4h\")")))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +165,20 @@ mod tests {
     fn typo_is_an_error_naming_the_key() {
         let e = Config::parse("[datapath]\nflow_max = 1\n", "cfg.toml").unwrap_err().to_string();
         assert!(e.contains("cfg.toml") && e.contains("flow_max"), "{e}");
+    }
+
+    #[test]
+    fn store_and_control_sections() {
+        let c = Config::parse(
+            "sensor_id = \"vm-1\"\n[store]\nredis = \"redis://127.0.0.1:6390\"\n[control]\nhit_alert_cooldown = \"5s\"\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.sensor_id.as_deref(), Some("vm-1"));
+        assert_eq!(c.store.redis.as_deref(), Some("redis://127.0.0.1:6390"));
+        assert_eq!(c.control.hit_alert_cooldown, Duration::from_secs(5));
+        let e = Config::parse("[control]\nhit_alert_cooldown = \"soon\"\n", "x").unwrap_err().to_string();
+        assert!(e.contains("soon"), "{e}");
     }
 
     #[test]

@@ -1,3 +1,5 @@
 //! NetGuard userspace: the XDP datapath loader and its typed map API, configuration, and the daemon.
 pub mod config;
 pub mod datapath;
+pub mod metrics;
+pub mod control;

@@ -29,9 +29,22 @@ pub struct RunArgs {
     /// XDP attach mode: native driver mode, generic skb mode, or auto (driver, else skb).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     xdp_mode: AttachMode,
-    /// TOML config file (map sizes under [datapath]).
+    /// TOML config file ([datapath] map sizes, [api], [store], [control]).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Address of the REST/WebSocket/metrics server. Loopback by default: expose it deliberately.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Redis URL (e.g. redis://127.0.0.1:6379/0) for a store shared by a fleet of sensors. Without it,
+    /// state lives in the embedded store under --state-dir.
+    #[arg(long)]
+    redis: Option<String>,
+    /// Directory for the embedded store and the generated admin token.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// This sensor's id in a fleet (blocklist scope); defaults to the host name.
+    #[arg(long)]
+    sensor_id: Option<String>,
     /// Seconds between live summary lines.
     #[arg(long, default_value_t = 2)]
     summary_every: u64,

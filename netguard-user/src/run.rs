@@ -1,4 +1,4 @@
-//! `netguard run`: attach, watch, summarise, and detach cleanly on SIGINT/SIGTERM.
+//! `netguard run`: attach, restore state, serve, watch, summarise, and detach cleanly on SIGINT/SIGTERM.
 
 use std::{
     io::{IsTerminal as _, Write as _},
@@ -10,36 +10,61 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use netguard_common::{Counter, Counters};
+use netguard_common::{Counter, Counters, event_kind};
 use netguard_user::{
     config::Config,
-    datapath::{Datapath, EventStream},
+    control::{Control, ControlConfig},
+    datapath::{Datapath, EventStream, flow_dst, flow_src},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::RunArgs;
 
-pub fn run(args: RunArgs) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "netguard run must be started as root: loading and attaching XDP needs CAP_BPF and CAP_NET_ADMIN"
-        );
-    }
-    let config = match &args.config {
+/// The configuration after command-line overrides.
+struct Settings {
+    config: Config,
+    sensor_id: String,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty() && s != "global")
+        .unwrap_or_else(|| "local".into())
+}
+
+fn settings(args: &RunArgs) -> Result<Settings> {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let mut dp = Datapath::load(&config.datapath).context("could not load the XDP datapath")?;
-    let mode = dp
-        .attach(&args.iface, args.xdp_mode)
-        .with_context(|| format!("could not attach to {}", args.iface))?;
+    if let Some(r) = &args.redis {
+        config.store.redis = Some(r.clone());
+    }
+    if let Some(d) = &args.state_dir {
+        config.store.state_dir = d.clone();
+    }
+    let sensor_id = args.sensor_id.clone().or_else(|| config.sensor_id.clone()).unwrap_or_else(hostname);
+    netguard_store::types::validate_sensor_id(&sensor_id).with_context(|| format!("invalid sensor id `{sensor_id}` (--sensor-id)"))?;
+    Ok(Settings { config, sensor_id })
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("netguard run must be started as root: loading and attaching XDP needs CAP_BPF and CAP_NET_ADMIN");
+    }
+    let s = settings(&args)?;
+    let mut dp = Datapath::load(&s.config.datapath).context("could not load the XDP datapath")?;
+    let mode = dp.attach(&args.iface, args.xdp_mode).with_context(|| format!("could not attach to {}", args.iface))?;
     log::info!(
-        "attached to {} in {} mode (flows max {}, blocklist v4 max {})",
+        "attached to {} in {} mode as sensor `{}` (flows max {}, blocklist v4 max {})",
         args.iface,
         mode.as_str(),
-        config.datapath.flows_max,
-        config.datapath.blocklist_v4_max
+        s.sensor_id,
+        s.config.datapath.flows_max,
+        s.config.datapath.blocklist_v4_max
     );
     let dp = Arc::new(Mutex::new(dp));
 
@@ -49,17 +74,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         .build()
         .context("could not start the tokio runtime")?;
     let every = Duration::from_secs(args.summary_every.max(1));
-    let result = rt.block_on(async {
-        let events = dp
-            .lock()
-            .expect("datapath lock poisoned")
-            .event_stream()
-            .context("ring buffer already taken")?
-            .context("could not register the ring buffer with tokio")?;
-        daemon(dp.clone(), events, every).await
-    });
+    let result = rt.block_on(daemon(dp.clone(), s, every));
 
-    // Detach even when the loop failed, so the interface is never left with an orphaned program.
+    // Detach even when the daemon failed, so the interface is never left with an orphaned program.
     let mut dp = dp.lock().expect("datapath lock poisoned");
     match dp.detach() {
         Ok(()) => log::info!("detached from {}", args.iface),
@@ -68,24 +85,75 @@ pub fn run(args: RunArgs) -> Result<()> {
     result
 }
 
-async fn daemon(dp: Arc<Mutex<Datapath>>, mut events: EventStream, every: Duration) -> Result<()> {
-    let new_flow_events = Arc::new(AtomicU64::new(0));
-    let seen = new_flow_events.clone();
-    // Ring-buffer reader: today it counts NEW_FLOW events; detection consumes them in a later stage.
-    let reader = tokio::spawn(async move {
-        loop {
-            match events.next_batch(1024).await {
-                Ok(batch) => {
-                    seen.fetch_add(batch.len() as u64, Ordering::Relaxed);
+async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Result<()> {
+    let store_opts = netguard_store::StoreOptions {
+        redis_url: s.config.store.redis.clone(),
+        redis_prefix: s.config.store.redis_prefix.clone(),
+        state_dir: s.config.store.state_dir.clone(),
+        sensor_id: s.sensor_id.clone(),
+        alert_cap: s.config.store.alert_cap,
+    };
+    let store = netguard_store::open(&store_opts).await.context("could not open the state store")?;
+    log::info!("state store: {}", store.backend_name());
+
+    let control = Control::start(
+        ControlConfig {
+            sensor_id: s.sensor_id.clone(),
+            max_bulk: s.config.control.max_bulk,
+            hit_alert_cooldown: s.config.control.hit_alert_cooldown,
+        },
+        dp.clone(),
+        store,
+    )
+    .await
+    .context("could not restore the blocklist and allowlist from the store")?;
+    {
+        let d = dp.lock().expect("datapath lock poisoned");
+        log::info!("restored {} blocklist and {} allowlist entries into the kernel", d.blocklist.len(), d.allowlist.len());
+    }
+
+    let events = dp
+        .lock()
+        .expect("datapath lock poisoned")
+        .event_stream()
+        .context("ring buffer already taken")?
+        .context("could not register the ring buffer with tokio")?;
+    let new_flows = Arc::new(AtomicU64::new(0));
+    let reader = tokio::spawn(read_events(events, control.clone(), new_flows.clone()));
+
+    let result = summarise(&dp, every, &new_flows).await;
+    reader.abort();
+    log::info!("shutting down");
+    result
+}
+
+/// Ring-buffer reader: counts new flows, and turns blocklist hits into (rate-limited) alerts.
+async fn read_events(mut events: EventStream, control: Control, new_flows: Arc<AtomicU64>) {
+    loop {
+        let batch = match events.next_batch(1024).await {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("ring buffer read failed: {e}");
+                return;
+            }
+        };
+        for ev in batch {
+            match ev.kind {
+                event_kind::NEW_FLOW => {
+                    new_flows.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => {
-                    log::error!("ring buffer read failed: {e}");
-                    break;
+                event_kind::BLOCK_HIT => {
+                    let (src, dst) = (flow_src(&ev.key), flow_dst(&ev.key));
+                    control.on_block_hit(src, dst, ev.key.dst_port, ev.key.proto).await;
                 }
+                _ => {}
             }
         }
-    });
+    }
+}
 
+/// Prints the one-line live summary until SIGINT or SIGTERM.
+async fn summarise(dp: &Arc<Mutex<Datapath>>, every: Duration, new_flows: &AtomicU64) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(every);
@@ -96,13 +164,13 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, mut events: EventStream, every: Durati
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = tick.tick() => {
-                let (counters, flows) = {
+                let (counters, flows, blocked) = {
                     let mut dp = dp.lock().expect("datapath lock poisoned");
                     dp.flush_logs();
-                    (dp.counters()?, dp.flows()?.len())
+                    (dp.counters()?, dp.flows()?.len(), dp.blocklist.len())
                 };
                 let now = Instant::now();
-                let line = summary(&counters, prev.as_ref(), now, flows, new_flow_events.load(Ordering::Relaxed));
+                let line = summary(&counters, prev.as_ref(), now, flows, blocked, new_flows.load(Ordering::Relaxed));
                 prev = Some((now, counters));
                 let mut out = std::io::stdout().lock();
                 // On a terminal the summary rewrites one line; in a log it appends.
@@ -114,13 +182,11 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, mut events: EventStream, every: Durati
     if tty {
         println!();
     }
-    reader.abort();
-    log::info!("signal received, shutting down");
     Ok(())
 }
 
 /// One line: rates since the previous sample, then totals.
-pub fn summary(c: &Counters, prev: Option<&(Instant, Counters)>, now: Instant, flows: usize, events: u64) -> String {
+pub fn summary(c: &Counters, prev: Option<&(Instant, Counters)>, now: Instant, flows: usize, blocked: usize, events: u64) -> String {
     let rate = |k: Counter| match prev {
         Some((t, p)) => {
             let dt = now.duration_since(*t).as_secs_f64().max(1e-3);
@@ -130,13 +196,14 @@ pub fn summary(c: &Counters, prev: Option<&(Instant, Counters)>, now: Instant, f
     };
     let parse_errors: u64 = Counter::PARSE_ERRORS.iter().map(|k| c.get(*k)).sum();
     format!(
-        "pass {:.0} pkt/s ({:.1} Mbit/s) | drop {:.0} pkt/s | totals: pass {} drop {} | flows {} | new-flow events {} (over budget {}, ring full {}) | parse errors {}",
+        "pass {:.0} pkt/s ({:.1} Mbit/s) | drop {:.0} pkt/s | totals: pass {} drop {} | flows {} | blocklist {} | new-flow events {} (over budget {}, ring full {}) | parse errors {}",
         rate(Counter::PassPackets),
         rate(Counter::PassBytes) * 8.0 / 1e6,
         rate(Counter::DropPackets),
         c.get(Counter::PassPackets),
         c.get(Counter::DropPackets),
         flows,
+        blocked,
         events,
         c.get(Counter::EventsOverBudget),
         c.get(Counter::RingbufReserveFailed),

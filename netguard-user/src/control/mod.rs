@@ -1,0 +1,414 @@
+//! The control plane: the one path through which every blocklist and allowlist change flows, whether
+//! it comes from REST, the CLI, automatic response, or another sensor sharing the store.
+//!
+//! Order of a change: validate everything, write the kernel (enforcement first, so it never waits on
+//! a slow or absent Redis), then the store; if the store refuses, the kernel change is rolled back and
+//! the caller gets the error, so the two never silently disagree.
+
+mod expiry;
+mod hits;
+mod push;
+pub mod request;
+mod state;
+mod sync;
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::Utc;
+use ipnet::IpNet;
+use netguard_store::{Alert, AlertQuery, EntrySource, ListEntry, ListKind, Scope, Store, StoreError};
+use tokio::sync::{Notify, broadcast};
+
+use crate::datapath::{Datapath, DatapathError};
+pub use hits::HitAlerts;
+pub use push::{Change, MAX_PUSHED_ENTRIES, PushEvent, Removal};
+pub use request::{EntryRequest, FieldError};
+use state::Mirror;
+
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    pub sensor_id: String,
+    /// Largest accepted bulk request (items).
+    pub max_bulk: usize,
+    /// Minimum time between two blocklist-hit alerts for the same source.
+    pub hit_alert_cooldown: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            sensor_id: "local".into(),
+            max_bulk: 100_000,
+            hit_alert_cooldown: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{} invalid item(s); nothing was applied. First: {}: {}", .0.len(), .0[0].field, .0[0].error)]
+    Invalid(Vec<FieldError>),
+    #[error("{count} items is over the bulk limit of {limit}; split the request")]
+    TooLarge { count: usize, limit: usize },
+    #[error("the state store refused the change ({0}); nothing was applied")]
+    Store(#[source] StoreError),
+    #[error("the kernel refused the change: {0}")]
+    Datapath(#[source] DatapathError),
+}
+
+/// An entry as the API shows it: the stored entry, whether this sensor enforces it, and its kernel
+/// hit counter here.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct EntryView {
+    #[serde(flatten)]
+    pub entry: ListEntry,
+    pub enforced: bool,
+    pub hits: u64,
+}
+
+/// Counts of a successful put.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PutOutcome {
+    /// Items in the request after removing duplicates.
+    pub applied: usize,
+    /// Entries that were not present before (the rest replaced existing ones).
+    pub created: usize,
+    pub entries: Vec<ListEntry>,
+}
+
+struct Inner {
+    cfg: ControlConfig,
+    dp: Arc<Mutex<Datapath>>,
+    store: Arc<dyn Store>,
+    /// The mirror; holding its lock also serialises writers, so validation and application of one
+    /// request see a consistent state.
+    mirror: tokio::sync::Mutex<Mirror>,
+    push: broadcast::Sender<PushEvent>,
+    expiry_wake: Notify,
+    hits: Mutex<HitAlerts>,
+}
+
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+impl Control {
+    /// Loads the stored lists into the kernel (a restart loses no block) and starts the expiry timer
+    /// and, for a shared store, the fleet subscription.
+    pub async fn start(cfg: ControlConfig, dp: Arc<Mutex<Datapath>>, store: Arc<dyn Store>) -> Result<Self, ControlError> {
+        let (push, _) = broadcast::channel(4096);
+        let hits = Mutex::new(HitAlerts::new(cfg.hit_alert_cooldown));
+        let control = Control {
+            inner: Arc::new(Inner {
+                cfg,
+                dp,
+                store,
+                mirror: tokio::sync::Mutex::new(Mirror::default()),
+                push,
+                expiry_wake: Notify::new(),
+                hits,
+            }),
+        };
+        control.reconcile().await?;
+        tokio::spawn(expiry::run(control.clone()));
+        sync::spawn(control.clone()).await;
+        Ok(control)
+    }
+
+    pub fn sensor_id(&self) -> &str {
+        &self.inner.cfg.sensor_id
+    }
+
+    pub fn max_bulk(&self) -> usize {
+        self.inner.cfg.max_bulk
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn datapath(&self) -> &Arc<Mutex<Datapath>> {
+        &self.inner.dp
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<PushEvent> {
+        self.inner.push.subscribe()
+    }
+
+    fn publish(&self, ev: PushEvent) {
+        // No receivers is fine: nobody is watching.
+        let _ = self.inner.push.send(ev);
+    }
+
+    /// Whether this sensor enforces entries of `scope`.
+    pub fn applies(&self, scope: &Scope) -> bool {
+        match scope {
+            Scope::Global => true,
+            Scope::Sensor(id) => *id == self.inner.cfg.sensor_id,
+        }
+    }
+
+    fn dp(&self) -> std::sync::MutexGuard<'_, Datapath> {
+        self.inner.dp.lock().expect("datapath lock poisoned")
+    }
+
+    /// Adds or replaces entries. All items are validated first; any invalid item fails the whole
+    /// request with every item's problem listed, and nothing is applied.
+    pub async fn put(&self, kind: ListKind, reqs: &[EntryRequest], source: EntrySource) -> Result<PutOutcome, ControlError> {
+        if reqs.len() > self.inner.cfg.max_bulk {
+            return Err(ControlError::TooLarge {
+                count: reqs.len(),
+                limit: self.inner.cfg.max_bulk,
+            });
+        }
+        let now = Utc::now();
+        let bulk = reqs.len() > 1;
+        let mut errors = Vec::new();
+        let mut entries = Vec::with_capacity(reqs.len());
+        for (i, r) in reqs.iter().enumerate() {
+            let prefix = if bulk { format!("items[{i}].") } else { String::new() };
+            match request::to_entry(r, source, now, &prefix) {
+                Ok(e) => entries.push((prefix, e)),
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut mirror = self.inner.mirror.lock().await;
+        if kind == ListKind::Block {
+            errors.extend(self.allowlist_conflicts(&mirror, &entries));
+        }
+        if !errors.is_empty() {
+            return Err(ControlError::Invalid(errors));
+        }
+        // Later duplicates of the same (cidr, scope) win, as if applied one after another.
+        let mut seen = HashSet::new();
+        let mut entries: Vec<ListEntry> = entries.into_iter().rev().map(|(_, e)| e).filter(|e| seen.insert((e.cidr, e.scope.clone()))).collect();
+        entries.reverse();
+        self.apply(&mut mirror, kind, entries, source).await
+    }
+
+    /// Allowlisted addresses can never be blocked: refuse a block that overlaps an allowlist entry
+    /// in either direction (covering it, or inside it).
+    fn allowlist_conflicts(&self, mirror: &Mirror, entries: &[(String, ListEntry)]) -> Vec<FieldError> {
+        let allow = mirror.list(ListKind::Allow);
+        if allow.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (prefix, e) in entries {
+            if let Some(((a, scope), _)) = allow.iter().find(|((a, s), _)| request::overlaps(a, &e.cidr) && (*s == Scope::Global || e.scope == Scope::Global || *s == e.scope)) {
+                out.push(FieldError::new(
+                    format!("{prefix}cidr"),
+                    format!("{} overlaps allowlisted {a} (scope {scope}); allowlisted addresses are never blocked: remove the allowlist entry first", e.cidr),
+                ));
+            }
+        }
+        out
+    }
+
+    async fn apply(&self, mirror: &mut Mirror, kind: ListKind, entries: Vec<ListEntry>, source: EntrySource) -> Result<PutOutcome, ControlError> {
+        // Kernel first: the new CIDRs this sensor must now enforce.
+        let fresh: Vec<IpNet> = {
+            let dp = self.dp();
+            let table = table(&dp, kind);
+            entries.iter().filter(|e| self.applies(&e.scope) && !table.contains(&e.cidr)).map(|e| e.cidr).collect()
+        };
+        {
+            let mut dp = self.dp();
+            table_mut(&mut dp, kind).insert_many(&fresh).map_err(ControlError::Datapath)?;
+        }
+        if let Err(e) = self.inner.store.put_entries(kind, &entries).await {
+            let mut dp = self.dp();
+            for cidr in &fresh {
+                let _ = table_mut(&mut dp, kind).remove(*cidr);
+            }
+            return Err(ControlError::Store(e));
+        }
+        let mut created = 0;
+        for e in &entries {
+            if mirror.put(kind, e.clone()).is_none() {
+                created += 1;
+            }
+        }
+        self.inner.expiry_wake.notify_one();
+        self.publish(PushEvent::change(kind, &entries, source));
+        Ok(PutOutcome {
+            applied: entries.len(),
+            created,
+            entries,
+        })
+    }
+
+    /// Removes `cidr` (under `scope`, or under every scope when None). Idempotent: returns how many
+    /// entries existed.
+    pub async fn remove(&self, kind: ListKind, cidr: &str, scope: Option<&str>) -> Result<usize, ControlError> {
+        let cidr = request::parse_cidr(cidr).map_err(|e| ControlError::Invalid(vec![FieldError::new("cidr", e)]))?;
+        let scope = scope
+            .map(|s| request::parse_scope(Some(s)))
+            .transpose()
+            .map_err(|e| ControlError::Invalid(vec![FieldError::new("scope", e)]))?;
+        let mut mirror = self.inner.mirror.lock().await;
+        let scopes = match scope {
+            Some(s) => vec![s],
+            None => mirror.scopes_of(kind, &cidr),
+        };
+        let mut removed = 0;
+        for s in scopes {
+            let in_store = self.inner.store.remove_entry(kind, &cidr, &s).await.map_err(ControlError::Store)?;
+            if self.forget(&mut mirror, kind, cidr, &s, "removed")? || in_store {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Drops an entry from the mirror and, when no other applicable entry keeps the CIDR, from the
+    /// kernel; announces it. Returns whether the mirror had it.
+    fn forget(&self, mirror: &mut Mirror, kind: ListKind, cidr: IpNet, scope: &Scope, reason: &'static str) -> Result<bool, ControlError> {
+        let had = mirror.remove(kind, &cidr, scope).is_some();
+        let still_enforced = mirror.scopes_of(kind, &cidr).iter().any(|s| self.applies(s));
+        if !still_enforced {
+            table_mut(&mut self.dp(), kind).remove(cidr).map_err(ControlError::Datapath)?;
+        }
+        if had {
+            self.publish(PushEvent::removal(kind, cidr, scope.clone(), reason));
+        }
+        Ok(had)
+    }
+
+    /// Entries (all scopes) with this sensor's kernel hit counts, sorted by CIDR; `total` before paging.
+    pub async fn list(&self, kind: ListKind, offset: usize, limit: usize) -> Result<(usize, Vec<EntryView>), ControlError> {
+        let mirror = self.inner.mirror.lock().await;
+        let list = mirror.list(kind);
+        let dp = self.dp();
+        let views = list
+            .values()
+            .skip(offset)
+            .take(limit)
+            .map(|e| {
+                let enforced = self.applies(&e.scope);
+                let hits = match kind {
+                    ListKind::Block if enforced => dp.blocklist.get(e.cidr).ok().flatten().map_or(0, |v| v.hits),
+                    ListKind::Allow if enforced => dp.allowlist.get(e.cidr).ok().flatten().map_or(0, |v| v.overrides),
+                    _ => 0,
+                };
+                EntryView {
+                    entry: e.clone(),
+                    enforced,
+                    hits,
+                }
+            })
+            .collect();
+        Ok((list.len(), views))
+    }
+
+    /// Number of entries per scope class, for metrics: (global, this sensor's, other sensors').
+    pub async fn entry_counts(&self, kind: ListKind) -> (usize, usize, usize) {
+        let mirror = self.inner.mirror.lock().await;
+        let mut c = (0, 0, 0);
+        for e in mirror.list(kind).values() {
+            match &e.scope {
+                Scope::Global => c.0 += 1,
+                s if self.applies(s) => c.1 += 1,
+                _ => c.2 += 1,
+            }
+        }
+        c
+    }
+
+    pub async fn alerts(&self, q: AlertQuery) -> Result<Vec<Alert>, ControlError> {
+        self.inner.store.alerts(q).await.map_err(ControlError::Store)
+    }
+
+    /// Stores and pushes an alert. A store failure is logged, not returned: the alert still reaches
+    /// WebSocket clients and metrics.
+    pub async fn raise_alert(&self, alert: Alert) {
+        if let Err(e) = self.inner.store.append_alert(&alert).await {
+            log::warn!("alert {} not stored: {e}", alert.id);
+        }
+        self.publish(PushEvent::Alert(alert));
+    }
+
+    /// A blocked source was seen (kernel BLOCK_HIT event): raise a rate-limited alert.
+    pub async fn on_block_hit(&self, src: IpAddr, dst: IpAddr, dst_port: u16, proto: u8) -> Option<Alert> {
+        let entry = {
+            let mirror = self.inner.mirror.lock().await;
+            mirror
+                .list(ListKind::Block)
+                .values()
+                .filter(|e| self.applies(&e.scope) && e.cidr.contains(&src))
+                .max_by_key(|e| e.cidr.prefix_len())
+                .cloned()?
+        };
+        let alert = self.inner.hits.lock().expect("hits lock").alert(&self.inner.cfg.sensor_id, &entry, src, dst, dst_port, proto)?;
+        self.raise_alert(alert.clone()).await;
+        Some(alert)
+    }
+
+    /// Re-reads both lists from the store and makes the mirror and kernel match them exactly.
+    pub async fn reconcile(&self) -> Result<(), ControlError> {
+        let block = self.inner.store.list_entries(ListKind::Block).await.map_err(ControlError::Store)?;
+        let allow = self.inner.store.list_entries(ListKind::Allow).await.map_err(ControlError::Store)?;
+        let mut mirror = self.inner.mirror.lock().await;
+        mirror.clear();
+        for (kind, entries) in [(ListKind::Block, block), (ListKind::Allow, allow)] {
+            let want: HashSet<IpNet> = entries.iter().filter(|e| self.applies(&e.scope)).map(|e| e.cidr).collect();
+            let mut dp = self.dp();
+            let t = table_mut(&mut dp, kind);
+            let stale: Vec<IpNet> = t.nets().into_iter().filter(|n| !want.contains(n)).collect();
+            for n in stale {
+                t.remove(n).map_err(ControlError::Datapath)?;
+            }
+            let want: Vec<IpNet> = want.into_iter().collect();
+            t.insert_many(&want).map_err(ControlError::Datapath)?;
+            drop(dp);
+            for e in entries {
+                mirror.put(kind, e);
+            }
+        }
+        self.inner.expiry_wake.notify_one();
+        Ok(())
+    }
+}
+
+fn table(dp: &Datapath, kind: ListKind) -> &dyn CidrOps {
+    match kind {
+        ListKind::Block => &dp.blocklist,
+        ListKind::Allow => &dp.allowlist,
+    }
+}
+
+fn table_mut(dp: &mut Datapath, kind: ListKind) -> &mut dyn CidrOps {
+    match kind {
+        ListKind::Block => &mut dp.blocklist,
+        ListKind::Allow => &mut dp.allowlist,
+    }
+}
+
+/// The value-independent part of a CIDR table, so the blocklist and allowlist share one code path.
+trait CidrOps {
+    fn contains(&self, net: &IpNet) -> bool;
+    fn insert_many(&mut self, nets: &[IpNet]) -> Result<usize, DatapathError>;
+    fn remove(&mut self, net: IpNet) -> Result<bool, DatapathError>;
+    fn nets(&self) -> Vec<IpNet>;
+}
+
+impl<V: aya::Pod + Default> CidrOps for crate::datapath::CidrTable<V> {
+    fn contains(&self, net: &IpNet) -> bool {
+        crate::datapath::CidrTable::contains(self, net)
+    }
+    fn insert_many(&mut self, nets: &[IpNet]) -> Result<usize, DatapathError> {
+        crate::datapath::CidrTable::insert_many(self, nets)
+    }
+    fn remove(&mut self, net: IpNet) -> Result<bool, DatapathError> {
+        crate::datapath::CidrTable::remove(self, net)
+    }
+    fn nets(&self) -> Vec<IpNet> {
+        crate::datapath::CidrTable::nets(self).copied().collect()
+    }
+}

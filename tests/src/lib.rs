@@ -1,0 +1,8 @@
+//! Support code for NetGuard's privileged integration tests and benchmark: crafted frames, a
+//! network-namespace lab, shared fixtures and the million-prefix set. The tests themselves live in
+//! `tests/` and run as root through `cargo xtask test`.
+
+pub mod fixtures;
+pub mod frames;
+pub mod netns;
+pub mod prefixes;
