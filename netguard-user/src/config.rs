@@ -4,7 +4,7 @@ use std::{path::Path, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::DatapathConfig;
+use crate::{api::ApiConfig, datapath::DatapathConfig};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -14,6 +14,7 @@ pub struct Config {
     pub datapath: DatapathConfig,
     pub store: StoreConfig,
     pub control: ControlSection,
+    pub api: ApiConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

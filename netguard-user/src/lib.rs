@@ -3,3 +3,5 @@ pub mod config;
 pub mod datapath;
 pub mod metrics;
 pub mod control;
+pub mod api;
+pub mod client;

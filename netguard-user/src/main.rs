@@ -19,6 +19,58 @@ struct Cli {
 enum Command {
     /// Load the XDP program on an interface and run the sensor until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// Add, remove or list blocklist entries of a running daemon (a REST client).
+    Block {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: BlockCmd,
+    },
+    /// Show a running daemon's health: datapath, store, entries, WebSocket clients.
+    Status(ApiArgs),
+}
+
+/// Where the REST API is and how to authenticate to it.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Base URL of the daemon's API.
+    #[arg(long, global = true, env = "NETGUARD_API", default_value = netguard_user::client::DEFAULT_API)]
+    api: String,
+    /// The daemon's state dir, to read its generated admin token when NETGUARD_TOKEN is not set.
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum BlockCmd {
+    /// Block a CIDR or address (a bare address means /32 or /128).
+    Add {
+        cidr: String,
+        /// Lifetime, e.g. 90s, 4h, 7d; permanent without it.
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// `global` (every sensor sharing the store) or one sensor's id.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Required to block 0.0.0.0/0 or ::/0.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a blocklist entry (idempotent).
+    Del {
+        cidr: String,
+        /// Only the entry of this scope; default: every scope.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// List the blocklist.
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -55,5 +107,82 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Block { api, cmd } => client_command(&api, Some(cmd)),
+        Command::Status(api) => client_command(&api, None),
+    }
+}
+
+/// Runs a REST client command; an API error prints the server's message and field and exits 1.
+fn client_command(args: &ApiArgs, block: Option<BlockCmd>) -> Result<()> {
+    use netguard_user::{client, control::EntryRequest};
+    let token = client::find_token(args.state_dir.as_deref());
+    let c = client::Client::new(&args.api, token);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result: Result<bool, client::ClientError> = rt.block_on(async {
+        match block {
+            Some(BlockCmd::Add {
+                cidr,
+                ttl,
+                reason,
+                scope,
+                force,
+            }) => {
+                let out = c
+                    .block_add(&EntryRequest {
+                        cidr,
+                        ttl,
+                        reason,
+                        scope,
+                        force,
+                    })
+                    .await?;
+                for e in &out.entries {
+                    let until = e
+                        .expires_at
+                        .map_or_else(|| "permanently".to_owned(), |t| format!("until {t}"));
+                    println!("blocked {} (scope {}) {until}", e.cidr, e.scope);
+                }
+                Ok(true)
+            }
+            Some(BlockCmd::Del { cidr, scope }) => {
+                let out = c.block_del(&cidr, scope.as_deref()).await?;
+                match out.removed {
+                    0 => println!("{cidr} was not blocked"),
+                    n => println!(
+                        "unblocked {cidr} ({n} entr{})",
+                        if n == 1 { "y" } else { "ies" }
+                    ),
+                }
+                Ok(true)
+            }
+            Some(BlockCmd::List { json }) => {
+                let entries = c.block_list().await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&entries).unwrap_or_default()
+                    );
+                } else {
+                    println!("{}", client::entries_table(&entries, chrono::Utc::now()));
+                }
+                Ok(true)
+            }
+            None => {
+                let h = c.health().await?;
+                println!("{}", client::health_text(&h));
+                Ok(h.status == "ok")
+            }
+        }
+    });
+    match result {
+        Ok(true) => Ok(()),
+        // `status` of a degraded daemon: printed above, and a non-zero exit for scripts.
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
     }
 }

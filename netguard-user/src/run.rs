@@ -12,9 +12,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use netguard_common::{Counter, Counters, event_kind};
 use netguard_user::{
+    api,
     config::Config,
-    control::{Control, ControlConfig},
+    control::{Control, ControlConfig, PushEvent},
     datapath::{Datapath, EventStream, flow_dst, flow_src},
+    metrics::Metrics,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -44,6 +46,9 @@ fn settings(args: &RunArgs) -> Result<Settings> {
     }
     if let Some(d) = &args.state_dir {
         config.store.state_dir = d.clone();
+    }
+    if let Some(l) = args.listen {
+        config.api.listen = l;
     }
     let sensor_id = args.sensor_id.clone().or_else(|| config.sensor_id.clone()).unwrap_or_else(hostname);
     netguard_store::types::validate_sensor_id(&sensor_id).with_context(|| format!("invalid sensor id `{sensor_id}` (--sensor-id)"))?;
@@ -112,6 +117,35 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         log::info!("restored {} blocklist and {} allowlist entries into the kernel", d.blocklist.len(), d.allowlist.len());
     }
 
+    let metrics = Arc::new(Metrics::new());
+    tokio::spawn(count_alerts(control.clone(), metrics.clone()));
+
+    std::fs::create_dir_all(&s.config.store.state_dir)
+        .with_context(|| format!("cannot create state dir {}", s.config.store.state_dir.display()))?;
+    let (tokens, origin) = api::Tokens::load(&s.config.api, std::env::var(api::auth::ADMIN_TOKEN_ENV).ok(), &s.config.store.state_dir)
+        .context("could not set up API tokens")?;
+    match origin {
+        api::AdminToken::File { path, created } => log::info!(
+            "admin token {} {} (send it as `Authorization: Bearer ...`, or export NETGUARD_TOKEN for the CLI)",
+            if created { "generated in" } else { "read from" },
+            path.display()
+        ),
+        other => log::info!("admin token from {other:?}"),
+    }
+    let state = api::ApiState::new(control.clone(), metrics.clone(), Arc::new(tokens), &s.config.api);
+    let listen = s.config.api.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}: pick another address with --listen"))?;
+    if !listen.ip().is_loopback() {
+        log::warn!("the API listens on {listen}, which is not loopback: make sure only trusted networks reach it");
+    }
+    log::info!("REST, WebSocket and /metrics on http://{listen} (OpenAPI at /api/v1/openapi.json)");
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, state, async move {
+        let _ = api_stopped.await;
+    }));
+
     let events = dp
         .lock()
         .expect("datapath lock poisoned")
@@ -121,10 +155,29 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     let new_flows = Arc::new(AtomicU64::new(0));
     let reader = tokio::spawn(read_events(events, control.clone(), new_flows.clone()));
 
-    let result = summarise(&dp, every, &new_flows).await;
+    let result = summarise(&dp, &metrics, every, &new_flows).await;
     reader.abort();
     log::info!("shutting down");
+    let _ = stop_api.send(());
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => log::warn!("API server: {e}"),
+        Err(_) => log::warn!("API server did not stop within 5 s"),
+        _ => {}
+    }
     result
+}
+
+/// Counts every alert (from any source) in `netguard_alerts_total{class}`.
+async fn count_alerts(control: Control, metrics: Arc<Metrics>) {
+    let mut rx = control.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(PushEvent::Alert(a)) => metrics.inc_alert(&a.class),
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => log::warn!("alert counter missed {n} events"),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 /// Ring-buffer reader: counts new flows, and turns blocklist hits into (rate-limited) alerts.
@@ -153,7 +206,7 @@ async fn read_events(mut events: EventStream, control: Control, new_flows: Arc<A
 }
 
 /// Prints the one-line live summary until SIGINT or SIGTERM.
-async fn summarise(dp: &Arc<Mutex<Datapath>>, every: Duration, new_flows: &AtomicU64) -> Result<()> {
+async fn summarise(dp: &Arc<Mutex<Datapath>>, metrics: &Metrics, every: Duration, new_flows: &AtomicU64) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(every);
@@ -169,6 +222,9 @@ async fn summarise(dp: &Arc<Mutex<Datapath>>, every: Duration, new_flows: &Atomi
                     dp.flush_logs();
                     (dp.counters()?, dp.flows()?.len(), dp.blocklist.len())
                 };
+                // The flow table is read here, not per scrape: a million flows is too much per request.
+                metrics.set_flows_active(flows);
+                metrics.set_kernel(&counters);
                 let now = Instant::now();
                 let line = summary(&counters, prev.as_ref(), now, flows, blocked, new_flows.load(Ordering::Relaxed));
                 prev = Some((now, counters));

@@ -2,6 +2,7 @@
 //! network-namespace lab, shared fixtures and the million-prefix set. The tests themselves live in
 //! `tests/` and run as root through `cargo xtask test`.
 
+pub mod api_stack;
 pub mod fixtures;
 pub mod frames;
 pub mod netns;

@@ -83,6 +83,9 @@ pub fn cmd(args: &TestArgs) -> Result<()> {
             "privileged integration tests (netguard-tests, 2 threads)",
         );
         let (r, took) = util::timed(|| {
+            // The CLI tests run the real `netguard` binary, which `cargo test -p netguard-tests` does
+            // not build (it only links the library).
+            util::run(util::cargo().args(["build", "-p", "netguard-user", "--bin", "netguard"]))?;
             util::run(
                 util::cargo()
                     .args(["test", "-p", "netguard-tests", "--", "--test-threads=2"])

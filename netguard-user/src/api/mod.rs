@@ -1,0 +1,290 @@
+//! The REST API, WebSocket push and `/metrics` (DESIGN.md, "REST").
+//!
+//! Every list change goes through [`Control`], so the API, the CLI and automatic responses share one
+//! validation and one kernel-then-store order. Errors always have the shape `{"error", "field"}`
+//! ([`error::ApiError`]), including axum's own rejections (404, 405, 413, 408), which
+//! [`json_errors`] rewrites. Every request's duration is recorded under its matched route template,
+//! never its raw path (a path can hold an address).
+
+pub mod alerts_flows;
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod lists;
+pub mod openapi;
+pub mod seed;
+pub mod ws;
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+    serve::ListenerExt as _,
+};
+use serde::{Deserialize, Serialize};
+use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
+
+use crate::{control::Control, metrics::Metrics};
+pub use auth::{AdminToken, Role, TokenConfig, Tokens};
+pub use error::{ApiError, ErrorBody};
+
+/// Route prefix of the REST API.
+pub const PREFIX: &str = "/api/v1";
+/// Default listen address: loopback only, so that a fresh install exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9740";
+
+/// `[api]` in the config file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Largest request body in bytes (a 100,000-entry bulk import is about 5 MB).
+    pub body_limit: usize,
+    /// Longest a request may take before it is answered 408, e.g. "30s".
+    #[serde(with = "duration_text")]
+    pub request_timeout: Duration,
+    /// Extra tokens: `[[api.tokens]] name, role, token`.
+    pub tokens: Vec<TokenConfig>,
+    /// Push messages a WebSocket client may fall behind before it is disconnected.
+    pub ws_queue: usize,
+    /// Ping period; a client that answers nothing for three periods is dropped.
+    #[serde(with = "duration_text")]
+    pub ws_ping_interval: Duration,
+    /// Longest one WebSocket write may block (a client that stopped reading) before the connection
+    /// is dropped.
+    #[serde(with = "duration_text")]
+    pub ws_write_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            body_limit: 16 << 20,
+            request_timeout: Duration::from_secs(30),
+            tokens: Vec::new(),
+            ws_queue: 1024,
+            ws_ping_interval: Duration::from_secs(20),
+            ws_write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Durations as humantime text ("30s", "2m") in the config file.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        let v = humantime::parse_duration(&s).map_err(|e| {
+            D::Error::custom(format!("`{s}` is not a duration ({e}); use e.g. \"30s\""))
+        })?;
+        if v.is_zero() {
+            return Err(D::Error::custom("must be longer than zero"));
+        }
+        Ok(v)
+    }
+}
+
+/// What every handler sees.
+#[derive(Clone)]
+pub struct ApiState {
+    pub control: Control,
+    pub metrics: Arc<Metrics>,
+    pub tokens: Arc<Tokens>,
+    pub started: Instant,
+    pub(crate) limits: Limits,
+    pub(crate) hub: Arc<ws::Hub>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    body_limit: usize,
+    request_timeout: Duration,
+}
+
+impl ApiState {
+    /// Builds the state and starts the WebSocket fan-out task; call inside a tokio runtime.
+    pub fn new(
+        control: Control,
+        metrics: Arc<Metrics>,
+        tokens: Arc<Tokens>,
+        cfg: &ApiConfig,
+    ) -> Self {
+        let hub = ws::Hub::start(
+            &control,
+            ws::WsConfig {
+                queue: cfg.ws_queue.max(1),
+                ping_interval: cfg.ws_ping_interval,
+                write_timeout: cfg.ws_write_timeout,
+            },
+        );
+        Self {
+            control,
+            metrics,
+            tokens,
+            started: Instant::now(),
+            limits: Limits {
+                body_limit: cfg.body_limit,
+                request_timeout: cfg.request_timeout,
+            },
+            hub,
+        }
+    }
+
+    /// Connected WebSocket clients.
+    pub fn ws_clients(&self) -> usize {
+        self.hub.clients()
+    }
+}
+
+fn api(path: &str) -> String {
+    format!("{PREFIX}{path}")
+}
+
+/// Every route. Middleware, outermost first: request metrics, JSON error bodies, timeout, body limit.
+pub fn router(state: ApiState) -> Router {
+    let limits = state.limits.clone();
+    Router::new()
+        .route(&api("/health"), get(health::health))
+        .route(
+            &api("/blocklist"),
+            get(lists::list_block)
+                .post(lists::put_block)
+                .delete(lists::remove_block),
+        )
+        .route(
+            &api("/allowlist"),
+            get(lists::list_allow)
+                .post(lists::put_allow)
+                .delete(lists::remove_allow),
+        )
+        .route(&api("/alerts"), get(alerts_flows::alerts))
+        .route(&api("/flows"), get(alerts_flows::flows))
+        .route(&api("/ws"), get(ws::ws))
+        .route(&api("/block"), post(seed::block))
+        .route(&api("/block/per-vm"), post(seed::block_per_vm))
+        .route(&api("/block/{ip}"), delete(seed::unblock))
+        .route(&api("/blocked-ips"), get(seed::blocked_ips))
+        .route(&api("/openapi.json"), get(openapi::spec))
+        .route("/openapi.json", get(openapi::spec_root))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // The configured limit below replaces axum's 2 MB default.
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(limits.body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` completes, then tells WebSocket clients that
+/// the server is going away.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let hub = state.hub.clone();
+    let app = router(state);
+    // No Nagle: small JSON answers and push messages must not wait for a delayed ACK (40 ms).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            hub.shutdown();
+        })
+        .await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found(format!(
+        "no such route; the API is under {PREFIX} (see /openapi.json)"
+    ))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route (see /openapi.json)",
+    )
+}
+
+/// Records the request's duration under its route template.
+async fn track(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    let route = route.as_deref().unwrap_or(crate::metrics::UNMATCHED_ROUTE);
+    state
+        .metrics
+        .observe_http_since(method.as_str(), route, resp.status().as_u16(), start);
+    resp
+}
+
+/// Gives error responses that did not come from our handlers (timeouts, body limit, upgrade
+/// failures) the API's JSON error shape.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let msg = match text.trim() {
+        "" => reason,
+        t => format!("{reason}: {t}"),
+    };
+    let mut out = ApiError::new(status, msg).into_response();
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k, v.clone());
+        }
+    }
+    out
+}
+
+/// A JSON response with a precomputed body (the OpenAPI document).
+pub(crate) fn json_text(text: &'static str) -> Response {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(text))
+        .expect("static response")
+}

@@ -1,0 +1,172 @@
+//! A real daemon stack for API tests and the API benchmark: a loaded `Datapath` (not attached unless
+//! the test attaches it), the embedded store in a directory, `Control`, and the REST/WebSocket server
+//! on 127.0.0.1:0, with one token per role.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use netguard_store::StoreOptions;
+use netguard_user::{
+    api::{self, ApiConfig, ApiState, Role, TokenConfig, Tokens},
+    control::{Control, ControlConfig},
+    datapath::{Datapath, DatapathConfig},
+    metrics::Metrics,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+pub const ADMIN: &str = "admin-token-for-tests-0123456789";
+pub const OPERATOR: &str = "operator-token-for-tests-0123456789";
+pub const VIEWER: &str = "viewer-token-for-tests-0123456789";
+pub const AGENT: &str = "agent-token-for-tests-0123456789";
+
+pub struct StackOptions {
+    pub datapath: DatapathConfig,
+    pub control: ControlConfig,
+    pub api: ApiConfig,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        let tokens = [
+            ("admin", Role::Admin, ADMIN),
+            ("operator", Role::Operator, OPERATOR),
+            ("viewer", Role::Viewer, VIEWER),
+            ("agent", Role::Agent, AGENT),
+        ]
+        .into_iter()
+        .map(|(name, role, token)| TokenConfig {
+            name: name.into(),
+            role,
+            token: token.into(),
+        })
+        .collect();
+        let api = ApiConfig {
+            tokens,
+            ..ApiConfig::default()
+        };
+        Self {
+            datapath: crate::fixtures::small_config(),
+            control: ControlConfig {
+                sensor_id: "sensor-a".into(),
+                ..ControlConfig::default()
+            },
+            api,
+        }
+    }
+}
+
+pub struct Stack {
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub control: Control,
+    pub dp: Arc<Mutex<Datapath>>,
+    pub state: ApiState,
+    pub state_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Stack {
+    /// Loads a datapath and starts everything with its state in `state_dir`.
+    pub async fn start(state_dir: &Path, opts: StackOptions) -> Stack {
+        let dp = crate::fixtures::load(&opts.datapath);
+        Self::start_with(dp, state_dir, opts).await
+    }
+
+    /// Starts on an existing datapath (e.g. one the test attached to an interface).
+    pub async fn start_with(dp: Datapath, state_dir: &Path, opts: StackOptions) -> Stack {
+        let store = netguard_store::open(&StoreOptions::new(
+            state_dir,
+            opts.control.sensor_id.clone(),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("opening the embedded store in {}: {e}", state_dir.display()));
+        let dp = Arc::new(Mutex::new(dp));
+        let control = Control::start(opts.control, dp.clone(), store)
+            .await
+            .expect("Control::start");
+        let tokens = Tokens::new(opts.api.tokens.clone()).expect("test tokens");
+        let state = ApiState::new(
+            control.clone(),
+            Arc::new(Metrics::new()),
+            Arc::new(tokens),
+            &opts.api,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let base = format!("http://{}", listener.local_addr().expect("local addr"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(api::serve(listener, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Stack {
+            base,
+            control,
+            dp,
+            state,
+            state_dir: state_dir.to_owned(),
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `ws://127.0.0.1:PORT/api/v1/ws`
+    pub fn ws_url(&self) -> String {
+        format!("{}/api/v1/ws", self.base.replacen("http://", "ws://", 1))
+    }
+
+    /// XDP verdict for `frame` (BPF_PROG_TEST_RUN).
+    pub fn verdict(&self, frame: &[u8]) -> u32 {
+        self.dp
+            .lock()
+            .expect("datapath lock")
+            .test_run(frame)
+            .expect("test_run")
+    }
+
+    /// Polls `f` until it is true or `limit` passes; returns whether it became true.
+    pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let start = Instant::now();
+        loop {
+            if f() {
+                return true;
+            }
+            if start.elapsed() > limit {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the server (graceful: WebSocket clients get "going away").
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.server).await;
+    }
+}
+
+/// An HTTP client that sends `token` as a bearer token.
+pub fn http(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse().expect("header value"),
+        );
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("HTTP client")
+}
