@@ -96,10 +96,18 @@ pub fn setup(lab_tools: bool) -> Result<()> {
         );
     }
 
-    // Hooks for later steps, kept here so setup stays the one place that installs things:
-    // - dashboards: `npm ci` + `tsc --noEmit` in dashboards/ (npm registry), once dashboards/ has a
-    //   package.json;
-    // - API fuzzing: schemathesis from PyPI into a venv under target/, for the OpenAPI contract tests.
+    if lab_tools {
+        step(
+            "npm: dashboard type-check tools (@grafana/schema, typescript)",
+            "run `npm ci --no-audit --no-fund` in dashboards/ to see npm's error",
+            ensure_dashboard_tools,
+        )?;
+        step(
+            &format!("pip: schemathesis {SCHEMATHESIS} in target/schemathesis-venv"),
+            "run `python3 -m venv target/schemathesis-venv` and its `bin/pip install schemathesis==...` by hand",
+            ensure_schemathesis,
+        )?;
+    }
 
     say("setup", format!("done in {}", util::secs(start.elapsed())));
     Ok(())
@@ -339,4 +347,48 @@ fn linker_is_good(path: &Path) -> bool {
     util::probe(path, &["--version"]).is_some()
         && util::probe("ldd", &[&path.to_string_lossy()])
             .is_some_and(|out| out.contains("libLLVM.so.22") || out.contains("libLLVM-22"))
+}
+
+/// The version tests/tests/schemathesis.rs pins; it checks the venv holds exactly this one.
+const SCHEMATHESIS: &str = "4.32.5";
+
+/// `npm ci` in dashboards/ when node_modules is missing or older than the lock file.
+fn ensure_dashboard_tools(s: &mut Step) -> Result<()> {
+    let dir = util::workspace_root().join("dashboards");
+    let lock = dir.join("package-lock.json");
+    let stamp = dir.join("node_modules/.package-lock.json");
+    let fresh = match (fs::metadata(&lock).and_then(|m| m.modified()), fs::metadata(&stamp).and_then(|m| m.modified())) {
+        (Ok(l), Ok(st)) => st >= l,
+        _ => false,
+    };
+    if fresh {
+        return Ok(());
+    }
+    if util::find_in_path("npm").is_none() {
+        bail!("npm is not installed: `apt-get install -y nodejs npm`");
+    }
+    s.installing("node_modules (npm ci)");
+    util::run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
+}
+
+/// A venv with the pinned schemathesis, under the target dir (never the system Python).
+fn ensure_schemathesis(s: &mut Step) -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| util::workspace_root().join("target"));
+    let venv = target.join("schemathesis-venv");
+    let python = venv.join("bin/python");
+    let have = util::probe(&python, &["-c", "import importlib.metadata as m; print(m.version('schemathesis'))"]);
+    if have.as_deref().map(str::trim) == Some(SCHEMATHESIS) {
+        return Ok(());
+    }
+    s.installing(&format!("schemathesis {SCHEMATHESIS}"));
+    if !python.exists() {
+        util::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    util::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("schemathesis=={SCHEMATHESIS}")),
+    )
 }
