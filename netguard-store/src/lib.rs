@@ -103,6 +103,12 @@ pub trait Store: Send + Sync {
     /// "redis" or "embedded", for `/health`, logs and metrics labels.
     fn backend_name(&self) -> &'static str;
 
+    /// Writes accepted but not yet in the backend (queued while it is unreachable). Only the
+    /// resilient wrapper queues; every other store writes through.
+    fn queued_writes(&self) -> usize {
+        0
+    }
+
     /// Entry changes made by *other* store instances sharing the backend, or `None` when the
     /// backend is not shared (embedded). The receiver applies them to its kernel maps.
     async fn subscribe_changes(&self) -> Result<Option<ChangeReceiver>> {

@@ -368,6 +368,10 @@ impl<S: Store + 'static> Store for ResilientStore<S> {
         self.shared.inner.backend_name()
     }
 
+    fn queued_writes(&self) -> usize {
+        self.queued()
+    }
+
     async fn subscribe_changes(&self) -> Result<Option<ChangeReceiver>> {
         self.shared.inner.subscribe_changes().await
     }

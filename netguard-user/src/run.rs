@@ -155,7 +155,7 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     let new_flows = Arc::new(AtomicU64::new(0));
     let reader = tokio::spawn(read_events(events, control.clone(), new_flows.clone()));
 
-    let result = summarise(&dp, &metrics, every, &new_flows).await;
+    let result = summarise(&dp, &control, &metrics, every, &new_flows).await;
     reader.abort();
     log::info!("shutting down");
     let _ = stop_api.send(());
@@ -206,7 +206,7 @@ async fn read_events(mut events: EventStream, control: Control, new_flows: Arc<A
 }
 
 /// Prints the one-line live summary until SIGINT or SIGTERM.
-async fn summarise(dp: &Arc<Mutex<Datapath>>, metrics: &Metrics, every: Duration, new_flows: &AtomicU64) -> Result<()> {
+async fn summarise(dp: &Arc<Mutex<Datapath>>, control: &Control, metrics: &Metrics, every: Duration, new_flows: &AtomicU64) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(every);
@@ -225,6 +225,11 @@ async fn summarise(dp: &Arc<Mutex<Datapath>>, metrics: &Metrics, every: Duration
                 // The flow table is read here, not per scrape: a million flows is too much per request.
                 metrics.set_flows_active(flows);
                 metrics.set_kernel(&counters);
+                let queued = control.store().queued_writes();
+                metrics.set_store_queued_writes(queued);
+                if queued > 0 {
+                    log::warn!("{queued} store write(s) queued: the store is unreachable; enforcement continues from the kernel maps");
+                }
                 let now = Instant::now();
                 let line = summary(&counters, prev.as_ref(), now, flows, blocked, new_flows.load(Ordering::Relaxed));
                 prev = Some((now, counters));

@@ -7,3 +7,4 @@ pub mod fixtures;
 pub mod frames;
 pub mod netns;
 pub mod prefixes;
+pub mod redis_server;
