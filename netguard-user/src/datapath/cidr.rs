@@ -189,6 +189,32 @@ impl<V: Pod + Default> CidrTable<V> {
         Ok(())
     }
 
+    /// Fails, without touching anything, when inserting `nets` would overflow a map.
+    pub fn check_capacity(&self, nets: &[IpNet]) -> Result<(), DatapathError> {
+        let mut groups: [Vec<IpNet>; 4] = Default::default();
+        let mut seen = HashSet::new();
+        for net in nets {
+            let net = net.trunc();
+            if !self.entries.contains(&net) && seen.insert(net) {
+                groups[self.table_of(&net) as usize].push(net);
+            }
+        }
+        self.check_groups(&groups)
+    }
+
+    fn check_groups(&self, groups: &[Vec<IpNet>; 4]) -> Result<(), DatapathError> {
+        let c = &self.counts;
+        let (have4, have6) = (c[0] + c[1], c[2] + c[3]);
+        let (add4, add6) = (groups[0].len() + groups[1].len(), groups[2].len() + groups[3].len());
+        if have4 + add4 > self.v4_max as usize {
+            return Err(self.full("v4", self.v4_max, have4, add4));
+        }
+        if have6 + add6 > self.v6_max as usize {
+            return Err(self.full("v6", self.v6_max, have6, add6));
+        }
+        Ok(())
+    }
+
     /// Inserts every CIDR (host bits cleared). Entries already present keep their hit counters. Either
     /// every new entry fits and is inserted, or nothing is (a full table is refused up front). Returns
     /// how many were new.
@@ -201,15 +227,7 @@ impl<V: Pod + Default> CidrTable<V> {
                 groups[self.table_of(&net) as usize].push(net);
             }
         }
-        let c = &self.counts;
-        let (have4, have6) = (c[0] + c[1], c[2] + c[3]);
-        let (add4, add6) = (groups[0].len() + groups[1].len(), groups[2].len() + groups[3].len());
-        if have4 + add4 > self.v4_max as usize {
-            return Err(self.full("v4", self.v4_max, have4, add4));
-        }
-        if have6 + add6 > self.v6_max as usize {
-            return Err(self.full("v6", self.v6_max, have6, add6));
-        }
+        self.check_groups(&groups)?;
         let value = V::default();
         let tables = [TableFlag::HostV4, TableFlag::PrefixV4, TableFlag::HostV6, TableFlag::PrefixV6];
         for (t, group) in tables.into_iter().zip(groups.iter()) {
@@ -238,7 +256,7 @@ impl<V: Pod + Default> CidrTable<V> {
                 self.counts[t as usize] += chunk.len();
             }
         }
-        Ok(add4 + add6)
+        Ok(groups.iter().map(Vec::len).sum())
     }
 
     fn full(&self, family: &str, max: u32, have: usize, adding: usize) -> DatapathError {
