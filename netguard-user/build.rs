@@ -41,7 +41,8 @@ fn main() -> anyhow::Result<()> {
         // Stable refuses -Z build-std unless told it is bootstrapping; aya-build reads this variable
         // and the nested cargo inherits it. This script runs single-threaded, before any child.
         unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
-        println!("cargo:warning=building the eBPF program with `{toolchain}` + RUSTC_BOOTSTRAP=1 (no nightly with rust-src found)");
+        let why = if forced.is_some() { "NETGUARD_EBPF_TOOLCHAIN" } else { "no nightly with rust-src found" };
+        println!("cargo:warning=building the eBPF program with `{toolchain}` + RUSTC_BOOTSTRAP=1 ({why})");
     }
 
     let metadata_root = env::var("CARGO_MANIFEST_DIR")?;
