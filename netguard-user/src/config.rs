@@ -4,7 +4,7 @@ use std::{path::Path, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{api::ApiConfig, datapath::DatapathConfig};
+use crate::{api::ApiConfig, datapath::DatapathConfig, detect::DetectConfig};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -15,6 +15,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub control: ControlSection,
     pub api: ApiConfig,
+    pub detect: DetectConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

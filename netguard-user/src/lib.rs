@@ -5,3 +5,7 @@ pub mod metrics;
 pub mod control;
 pub mod api;
 pub mod client;
+pub mod detect;
+pub mod train;
+pub mod hostevents;
+pub mod sensor;

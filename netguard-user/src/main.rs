@@ -28,6 +28,8 @@ enum Command {
     },
     /// Show a running daemon's health: datapath, store, entries, WebSocket clients.
     Status(ApiArgs),
+    /// Fit the detection model on a labelled data set and print per-class precision, recall and F1.
+    Train(netguard_user::train::TrainArgs),
 }
 
 /// Where the REST API is and how to authenticate to it.
@@ -97,6 +99,15 @@ pub struct RunArgs {
     /// This sensor's id in a fleet (blocklist scope); defaults to the host name.
     #[arg(long)]
     sensor_id: Option<String>,
+    /// Decision-tree model file (default: the shipped netguard-user/models/default.json, else rules only).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Detect and alert, but never block automatically.
+    #[arg(long)]
+    dry_run: bool,
+    /// Write every closed window's feature vector to this CSV file (what `cargo xtask lab` records).
+    #[arg(long)]
+    record_features: Option<PathBuf>,
     /// Seconds between live summary lines.
     #[arg(long, default_value_t = 2)]
     summary_every: u64,
@@ -109,6 +120,7 @@ fn main() -> Result<()> {
         Command::Run(args) => run::run(args),
         Command::Block { api, cmd } => client_command(&api, Some(cmd)),
         Command::Status(api) => client_command(&api, None),
+        Command::Train(args) => netguard_user::train::run(&args).map(|_| ()).map_err(Into::into),
     }
 }
 

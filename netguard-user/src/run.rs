@@ -17,6 +17,7 @@ use netguard_user::{
     control::{Control, ControlConfig, PushEvent},
     datapath::{Datapath, EventStream, flow_dst, flow_src},
     metrics::Metrics,
+    sensor::{SensorLoop, load_model},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -26,6 +27,7 @@ use crate::RunArgs;
 struct Settings {
     config: Config,
     sensor_id: String,
+    record_features: Option<std::path::PathBuf>,
 }
 
 fn hostname() -> String {
@@ -50,9 +52,19 @@ fn settings(args: &RunArgs) -> Result<Settings> {
     if let Some(l) = args.listen {
         config.api.listen = l;
     }
+    if args.dry_run {
+        config.detect.response.dry_run = true;
+    }
+    if let Some(m) = &args.model {
+        config.detect.model = Some(m.clone());
+    }
     let sensor_id = args.sensor_id.clone().or_else(|| config.sensor_id.clone()).unwrap_or_else(hostname);
     netguard_store::types::validate_sensor_id(&sensor_id).with_context(|| format!("invalid sensor id `{sensor_id}` (--sensor-id)"))?;
-    Ok(Settings { config, sensor_id })
+    Ok(Settings {
+        config,
+        sensor_id,
+        record_features: args.record_features.clone(),
+    })
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -155,7 +167,21 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     let new_flows = Arc::new(AtomicU64::new(0));
     let reader = tokio::spawn(read_events(events, control.clone(), new_flows.clone()));
 
-    let result = summarise(&dp, &control, &metrics, every, &new_flows).await;
+    let model = load_model(s.config.detect.model.as_deref()).context("could not load the detection model")?;
+    match &model {
+        Some(_) => log::info!("detection: decision tree + threshold rules{}", if s.config.detect.response.dry_run { " (dry run: alerts only)" } else { "" }),
+        None => log::warn!("detection: no model found, threshold rules only (make one with `cargo xtask lab` and `cargo xtask train`)"),
+    }
+    let mut sensor = SensorLoop::new(&s.config.detect, &s.sensor_id, model, dp.clone(), control.clone());
+    if let Some(path) = &s.record_features {
+        sensor.record_to(path).with_context(|| format!("cannot write feature records to {}", path.display()))?;
+        log::info!("recording feature vectors to {}", path.display());
+    }
+    let flows_now = Arc::new(AtomicU64::new(0));
+    let detector = tokio::spawn(detect(sensor, flows_now.clone()));
+
+    let result = summarise(&dp, &control, &metrics, every, &new_flows, &flows_now).await;
+    detector.abort();
     reader.abort();
     log::info!("shutting down");
     let _ = stop_api.send(());
@@ -165,6 +191,24 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         _ => {}
     }
     result
+}
+
+/// The detection loop: one tick per second (the features' short window).
+async fn detect(mut sensor: SensorLoop, flows_now: Arc<AtomicU64>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match sensor.tick().await {
+            Ok(r) => {
+                flows_now.store(r.flows as u64, Ordering::Relaxed);
+                if r.alerts > 0 {
+                    log::info!("detection: {} alert(s), {} block(s) from {} source window(s)", r.alerts, r.blocks, r.vectors);
+                }
+            }
+            Err(e) => log::error!("detection tick failed: {e}"),
+        }
+    }
 }
 
 /// Counts every alert (from any source) in `netguard_alerts_total{class}`.
@@ -206,7 +250,14 @@ async fn read_events(mut events: EventStream, control: Control, new_flows: Arc<A
 }
 
 /// Prints the one-line live summary until SIGINT or SIGTERM.
-async fn summarise(dp: &Arc<Mutex<Datapath>>, control: &Control, metrics: &Metrics, every: Duration, new_flows: &AtomicU64) -> Result<()> {
+async fn summarise(
+    dp: &Arc<Mutex<Datapath>>,
+    control: &Control,
+    metrics: &Metrics,
+    every: Duration,
+    new_flows: &AtomicU64,
+    flows_now: &AtomicU64,
+) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(every);
@@ -217,12 +268,14 @@ async fn summarise(dp: &Arc<Mutex<Datapath>>, control: &Control, metrics: &Metri
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = tick.tick() => {
-                let (counters, flows, blocked) = {
+                let (counters, blocked) = {
                     let mut dp = dp.lock().expect("datapath lock poisoned");
                     dp.flush_logs();
-                    (dp.counters()?, dp.flows()?.len(), dp.blocklist.len())
+                    (dp.counters()?, dp.blocklist.len())
                 };
-                // The flow table is read here, not per scrape: a million flows is too much per request.
+                // The detection tick reads the flow table once a second; its size is reused here (a
+                // million flows is too much to read again per summary or per scrape).
+                let flows = flows_now.load(Ordering::Relaxed) as usize;
                 metrics.set_flows_active(flows);
                 metrics.set_kernel(&counters);
                 let queued = control.store().queued_writes();

@@ -8,3 +8,4 @@ pub mod frames;
 pub mod netns;
 pub mod prefixes;
 pub mod redis_server;
+pub mod sshd;

@@ -16,11 +16,25 @@ pub fn cmd(args: &BenchArgs) -> Result<()> {
     setup::setup(true)?;
     // The datapath bench (ns/packet against a trivial program), then the control-plane bench (bulk
     // apply, block latency, WebSocket fan-out). Extra arguments go to the datapath bench.
-    for (bin, extra) in [("netguard-bench", args.args.as_slice()), ("netguard-bench-api", &[][..])] {
-        util::say("bench", format!("cargo run --release -p netguard-tests --bin {bin}"));
+    for (bin, extra) in [
+        ("netguard-bench", args.args.as_slice()),
+        ("netguard-bench-api", &[][..]),
+    ] {
+        util::say(
+            "bench",
+            format!("cargo run --release -p netguard-tests --bin {bin}"),
+        );
         let st = util::status(
             util::cargo()
-                .args(["run", "--release", "-p", "netguard-tests", "--bin", bin, "--"])
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "netguard-tests",
+                    "--bin",
+                    bin,
+                    "--",
+                ])
                 .args(extra),
         )?;
         if !st.success() {

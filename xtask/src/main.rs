@@ -1,8 +1,9 @@
-//! Developer and operator entry points for NetGuard: `cargo xtask setup|build|run|test|bench`.
+//! Developer and operator entry points for NetGuard: `cargo xtask setup|build|run|test|bench|lab|train`.
 //! One module per subcommand; `util` holds the shared command-running and step-printing helpers.
 
 mod bench;
 mod build;
+mod lab;
 mod netns;
 mod run;
 mod setup;
@@ -37,6 +38,10 @@ enum Cmd {
     Test(test::TestArgs),
     /// Setup, then the netguard-bench benchmark binary.
     Bench(bench::BenchArgs),
+    /// Make a labelled data set: real attack and benign tools in network namespaces, NetGuard recording.
+    Lab(lab::LabArgs),
+    /// Run `netguard train` on the lab's data set (target/lab-data by default).
+    Train(lab::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +53,8 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run::cmd(a),
         Cmd::Test(a) => test::cmd(a),
         Cmd::Bench(a) => bench::cmd(a),
+        Cmd::Lab(a) => lab::cmd(a),
+        Cmd::Train(a) => lab::train::cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

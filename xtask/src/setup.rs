@@ -50,6 +50,10 @@ const LAB_PKGS: &[&str] = &[
     "redis-server",
     "prometheus",
     "procps",
+    // The lab (`cargo xtask lab`): its UDP echo service and HTTP servers, and useradd/chpasswd for
+    // its login user. Both are on a stock Debian 12; listed so a slim image gets them too.
+    "python3",
+    "passwd",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -357,7 +361,10 @@ fn ensure_dashboard_tools(s: &mut Step) -> Result<()> {
     let dir = util::workspace_root().join("dashboards");
     let lock = dir.join("package-lock.json");
     let stamp = dir.join("node_modules/.package-lock.json");
-    let fresh = match (fs::metadata(&lock).and_then(|m| m.modified()), fs::metadata(&stamp).and_then(|m| m.modified())) {
+    let fresh = match (
+        fs::metadata(&lock).and_then(|m| m.modified()),
+        fs::metadata(&stamp).and_then(|m| m.modified()),
+    ) {
         (Ok(l), Ok(st)) => st >= l,
         _ => false,
     };
@@ -368,7 +375,11 @@ fn ensure_dashboard_tools(s: &mut Step) -> Result<()> {
         bail!("npm is not installed: `apt-get install -y nodejs npm`");
     }
     s.installing("node_modules (npm ci)");
-    util::run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
+    util::run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+    )
 }
 
 /// A venv with the pinned schemathesis, under the target dir (never the system Python).
@@ -378,7 +389,13 @@ fn ensure_schemathesis(s: &mut Step) -> Result<()> {
         .unwrap_or_else(|| util::workspace_root().join("target"));
     let venv = target.join("schemathesis-venv");
     let python = venv.join("bin/python");
-    let have = util::probe(&python, &["-c", "import importlib.metadata as m; print(m.version('schemathesis'))"]);
+    let have = util::probe(
+        &python,
+        &[
+            "-c",
+            "import importlib.metadata as m; print(m.version('schemathesis'))",
+        ],
+    );
     if have.as_deref().map(str::trim) == Some(SCHEMATHESIS) {
         return Ok(());
     }

@@ -1,0 +1,199 @@
+//! `[detect]` configuration: detection thresholds, per-sensor rule overrides and the response policy.
+//! Every key has a default, so an empty section (or none) gives a working detector.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    DetectError, duration_str,
+    rules::{RULE_CLASSES, RulesConfig},
+    windows::ExtractorConfig,
+};
+
+/// `[detect]` in the config file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectConfig {
+    pub enabled: bool,
+    /// Model file; absent: the shipped default model (the daemon decides; `--model` overrides).
+    pub model: Option<PathBuf>,
+    /// Minimum model confidence for an alert (rules always alert).
+    pub min_confidence: f32,
+    /// Model verdicts on a source that sent fewer packets than this in the long window are ignored: one
+    /// unanswered SYN is not evidence of anything, and a spoofed flood is judged on its aggregate
+    /// (`0.0.0.0`) instead of one packet per forged address. Rules are not affected.
+    pub model_min_packets: u32,
+    /// One alert per source and class per cooldown; repeats are counted into the next one.
+    #[serde(with = "duration_str")]
+    pub alert_cooldown: Duration,
+    /// Sources whose detection state (cooldowns, streaks, failed logins, offences) is remembered.
+    pub max_tracked: usize,
+    pub features: ExtractorConfig,
+    pub rules: RulesConfig,
+    /// Per-sensor overrides of `rules`, by sensor id.
+    pub sensors: BTreeMap<String, RulesConfig>,
+    pub response: ResponseConfig,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model: None,
+            min_confidence: 0.6,
+            model_min_packets: 5,
+            alert_cooldown: Duration::from_secs(60),
+            max_tracked: 65_536,
+            features: ExtractorConfig::default(),
+            rules: RulesConfig::default(),
+            sensors: BTreeMap::new(),
+            response: ResponseConfig::default(),
+        }
+    }
+}
+
+/// Where an automatic block applies.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockScope {
+    /// Only on the sensor that detected the source.
+    #[default]
+    Sensor,
+    /// On every sensor sharing the store.
+    Global,
+}
+
+/// `[detect.response]`: automatic blocking.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResponseConfig {
+    /// Alert only, never block (also `netguard run --dry-run`).
+    pub dry_run: bool,
+    /// Block duration per class; a class without an entry is only alerted.
+    #[serde(with = "duration_map")]
+    pub ttl: BTreeMap<String, Duration>,
+    /// Each repeat offence multiplies the TTL (fail2ban's bantime.increment)...
+    pub escalation_factor: f64,
+    /// ...up to this.
+    #[serde(with = "duration_str")]
+    pub max_ttl: Duration,
+    /// Offences older than this are forgotten (fail2ban's dbpurgeage).
+    #[serde(with = "duration_str")]
+    pub offense_memory: Duration,
+    /// Minimum confidence for a block (rules have confidence 1).
+    pub min_confidence: f32,
+    /// Minimum risk for a block on a model verdict alone (a rule that fires blocks regardless). At 60,
+    /// a flood at a few thousand packets/s or a full port sweep blocks from its first window (~70-80),
+    /// a slower attack once it persists, and a verdict without its class's intensity never (<= 50).
+    pub min_risk: u8,
+    pub scope: BlockScope,
+}
+
+impl Default for ResponseConfig {
+    fn default() -> Self {
+        let m = |s: u64| Duration::from_secs(60 * s);
+        Self {
+            dry_run: false,
+            ttl: [
+                ("syn_flood", m(10)),
+                ("udp_flood", m(10)),
+                ("icmp_flood", m(10)),
+                ("port_scan", m(60)),
+                ("ssh_brute_force", m(60)),
+                ("brute_force", m(60)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            escalation_factor: 2.0,
+            max_ttl: Duration::from_secs(7 * 86_400),
+            offense_memory: Duration::from_secs(86_400),
+            min_confidence: 0.8,
+            min_risk: 60,
+            scope: BlockScope::Sensor,
+        }
+    }
+}
+
+/// Maps of humantime durations (`ttl = { port_scan = "1h" }`).
+mod duration_map {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeMap};
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            map.serialize_entry(k, &humantime::format_duration(*v).to_string())?;
+        }
+        map.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| match humantime::parse_duration(v.trim()) {
+                Ok(d) => Ok((k, d)),
+                Err(e) => Err(serde::de::Error::custom(format!(
+                    "ttl.{k} = `{v}`: {e} (use e.g. \"10m\", \"4h\")"
+                ))),
+            })
+            .collect()
+    }
+}
+
+impl DetectConfig {
+    /// Checks names and ranges; the daemon calls it when loading the config so mistakes are reported
+    /// at startup (the detector itself skips what it cannot use).
+    pub fn validate(&self) -> Result<(), DetectError> {
+        let bad = |field: &str, detail: String| {
+            Err(DetectError::Config {
+                field: field.into(),
+                detail,
+            })
+        };
+        self.rules.validate("detect.rules")?;
+        for (id, r) in &self.sensors {
+            r.validate(&format!("detect.sensors.{id}"))?;
+        }
+        if let Some(c) = self
+            .response
+            .ttl
+            .keys()
+            .find(|c| !RULE_CLASSES.contains(&c.as_str()))
+        {
+            return bad(
+                "detect.response.ttl",
+                format!("unknown class `{c}` (one of {})", RULE_CLASSES.join(", ")),
+            );
+        }
+        if !(self.response.escalation_factor >= 1.0 && self.response.escalation_factor.is_finite())
+        {
+            return bad(
+                "detect.response.escalation_factor",
+                "must be a number >= 1".into(),
+            );
+        }
+        for (f, v) in [
+            ("detect.min_confidence", self.min_confidence),
+            (
+                "detect.response.min_confidence",
+                self.response.min_confidence,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(f, format!("{v} is not between 0 and 1"));
+            }
+        }
+        if self.features.max_sources == 0 || self.max_tracked == 0 {
+            return bad("detect.features.max_sources", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+use std::{io::Write as _, path::Path};
+
+use super::*;
+use crate::detect::{FeatureVector, RECORD_MAGIC, read_dataset, record_row, write_record_header};
+
+/// Writes simulated scenarios as a lab data set: one CSV per class, a schema line and a label column.
+fn write_dataset(dir: &Path, per_class: u64, ticks: usize) {
+    for (ci, class) in CLASSES.iter().enumerate() {
+        let sub = dir.join(if ci % 2 == 0 { "a" } else { "b" });
+        std::fs::create_dir_all(&sub).unwrap();
+        let mut f = std::fs::File::create(sub.join(format!("{class}.csv"))).unwrap();
+        writeln!(f, "{RECORD_MAGIC}{SCHEMA_VERSION}").unwrap();
+        writeln!(f, "label,ts_ms,src,{}", FEATURES.join(",")).unwrap();
+        for s in 0..per_class {
+            for v in crate::detect::tests::sim::scenario(class, 100 + s * 13 + ci as u64, ticks) {
+                let mut row = Vec::new();
+                record_row(&mut row, &v).unwrap();
+                write!(f, "{class},").unwrap();
+                f.write_all(&row).unwrap();
+            }
+        }
+    }
+}
+
+fn args(data: &Path, out: &Path) -> TrainArgs {
+    TrainArgs {
+        data: data.into(),
+        max_depth: 10,
+        min_samples_leaf: 2,
+        seed: 7,
+        holdout: 0.3,
+        max_per_class: None,
+        out: Some(out.join("model.json")),
+        report: None,
+    }
+}
+
+#[test]
+fn trains_to_a_high_macro_f1_and_is_byte_for_byte_reproducible() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, 6, 12);
+    let (o1, o2) = (dir.path().join("o1"), dir.path().join("o2"));
+    let first = run(&args(&data, &o1)).unwrap();
+    let r = &first.model.report;
+    assert!(
+        r.macro_f1 >= 0.95,
+        "macro F1 {}\n{}",
+        r.macro_f1,
+        metrics_text(r)
+    );
+    assert_eq!(r.per_class.len(), CLASSES.len());
+    assert!(r.test_rows > 0 && r.train_rows > r.test_rows);
+    assert_eq!(r.data.files.len(), CLASSES.len());
+    assert_eq!(first.report_path, o1.join("model.md"));
+
+    let second = run(&args(&data, &o2)).unwrap();
+    let (a, b) = (
+        std::fs::read(&first.model_path).unwrap(),
+        std::fs::read(&second.model_path).unwrap(),
+    );
+    assert!(a == b, "same data and seed must give identical model bytes");
+    assert_eq!(
+        std::fs::read(&first.report_path).unwrap(),
+        std::fs::read(&second.report_path).unwrap()
+    );
+    let loaded = Model::load(&first.model_path).unwrap();
+    assert_eq!(loaded.params.seed, 7);
+
+    // Another seed splits differently (the data fingerprint stays).
+    let other = run(&TrainArgs {
+        seed: 8,
+        ..args(&data, &dir.path().join("o3"))
+    })
+    .unwrap();
+    assert_eq!(other.model.report.data.fingerprint, r.data.fingerprint);
+    let md = std::fs::read_to_string(&first.report_path).unwrap();
+    assert!(
+        md.contains("Macro F1") && md.contains("| syn_flood |"),
+        "{md}"
+    );
+}
+
+#[test]
+fn a_class_cap_samples_big_classes_and_keeps_small_ones_whole() {
+    let labels: Vec<usize> = (0..1000).map(|i| if i < 900 { 1 } else { i % 6 }).collect();
+    let rows = crate::detect::cap_per_class(&labels, Some(50), 3);
+    let count = |c| rows.iter().filter(|&&i| labels[i] == c).count();
+    assert_eq!(count(1), 50);
+    assert_eq!(count(0), labels.iter().filter(|&&l| l == 0).count());
+    assert!(rows.windows(2).all(|w| w[0] < w[1]), "data order");
+    assert_eq!(rows, crate::detect::cap_per_class(&labels, Some(50), 3));
+    assert_eq!(crate::detect::cap_per_class(&labels, None, 3).len(), 1000);
+}
+
+#[test]
+fn the_split_is_stratified_and_seeded() {
+    let labels: Vec<usize> = (0..600).map(|i| i % 6).collect();
+    let (tr, te) = crate::detect::stratified_split(&labels, 0.25, 1);
+    assert_eq!(te.len(), 150);
+    for c in 0..6 {
+        assert_eq!(te.iter().filter(|&&i| labels[i] == c).count(), 25);
+    }
+    assert_eq!(tr.len() + te.len(), 600);
+    assert_eq!(
+        crate::detect::stratified_split(&labels, 0.25, 1),
+        (tr.clone(), te.clone())
+    );
+    assert_ne!(crate::detect::stratified_split(&labels, 0.25, 2).1, te);
+}
+
+fn one_file(dir: &Path, body: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("x.csv"), body).unwrap();
+}
+
+fn header() -> String {
+    format!(
+        "{RECORD_MAGIC}{SCHEMA_VERSION}\nlabel,ts_ms,src,{}\n",
+        FEATURES.join(",")
+    )
+}
+
+fn row(label: &str) -> String {
+    format!(
+        "{label},1,10.0.0.1,{}\n",
+        vec!["0"; FEATURES.len()].join(",")
+    )
+}
+
+fn load_err(body: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    one_file(dir.path(), body);
+    read_dataset(dir.path(), &mut |_| {})
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn data_errors_name_the_file_and_line() {
+    let e = load_err(&format!("{RECORD_MAGIC}0\n"));
+    assert!(
+        e.contains("x.csv") && e.contains(&format!("v{SCHEMA_VERSION}")) && e.contains("re-record"),
+        "{e}"
+    );
+    let e = load_err(&format!("{}{}{}", header(), row("benign"), row("dos")));
+    assert!(
+        e.contains("x.csv:4") && e.contains("unknown label `dos`"),
+        "{e}"
+    );
+    let e = load_err(&format!(
+        "{}{}benign,1,10.0.0.1,0\n",
+        header(),
+        row("benign")
+    ));
+    assert!(e.contains("x.csv:4") && e.contains("columns"), "{e}");
+    let e = load_err(&format!(
+        "{}{}",
+        header(),
+        row("benign").replacen(",0", ",NaN", 1)
+    ));
+    assert!(e.contains("x.csv:3") && e.contains(FEATURES[0]), "{e}");
+    let e = load_err(&format!(
+        "{RECORD_MAGIC}{SCHEMA_VERSION}\nts_ms,src,{}\n",
+        FEATURES.join(",")
+    ));
+    assert!(e.contains("x.csv:2") && e.contains("unlabelled"), "{e}");
+    let e = load_err("ts_ms,src\n");
+    assert!(e.contains("x.csv:1") && e.contains("schema line"), "{e}");
+}
+
+#[test]
+fn a_recording_round_trips_exact_values() {
+    let v = FeatureVector {
+        src: "2001:db8::1".parse().unwrap(),
+        ts: chrono::Utc::now(),
+        values: (0..FEATURES.len()).map(|i| i as f32 / 3.0 + 1e-7).collect(),
+    };
+    let mut buf = Vec::new();
+    write_record_header(&mut buf).unwrap();
+    record_row(&mut buf, &v).unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], format!("# netguard-features v{SCHEMA_VERSION}"));
+    assert_eq!(lines[1], format!("ts_ms,src,{}", FEATURES.join(",")));
+    let cols: Vec<&str> = lines[2].split(',').collect();
+    assert_eq!(cols[0], v.ts.timestamp_millis().to_string());
+    assert_eq!(cols[1], "2001:db8::1");
+    let back: Vec<f32> = cols[2..].iter().map(|c| c.parse().unwrap()).collect();
+    assert_eq!(back, v.values);
+    // Labelled, it loads.
+    let dir = tempfile::tempdir().unwrap();
+    let labelled = format!("{}\nlabel,{}\nport_scan,{}\n", lines[0], lines[1], lines[2]);
+    one_file(dir.path(), &labelled);
+    let ds = read_dataset(dir.path(), &mut |_| {}).unwrap();
+    assert_eq!(ds.labels, vec![4]);
+    assert_eq!(ds.x.row(0).to_vec(), v.values);
+}
