@@ -108,6 +108,13 @@ pub struct RunArgs {
     /// Write every closed window's feature vector to this CSV file (what `cargo xtask lab` records).
     #[arg(long)]
     record_features: Option<PathBuf>,
+    /// sshd log to follow for failed logins (like `tail -F`, surviving rotation); default
+    /// /var/log/auth.log when it exists.
+    #[arg(long)]
+    auth_log: Option<PathBuf>,
+    /// Read the auth log from its start instead of its end (only when no position was saved).
+    #[arg(long)]
+    auth_log_from_start: bool,
     /// Seconds between live summary lines.
     #[arg(long, default_value_t = 2)]
     summary_every: u64,

@@ -17,6 +17,7 @@ use netguard_user::{
     control::{Control, ControlConfig, PushEvent},
     datapath::{Datapath, EventStream, flow_dst, flow_src},
     metrics::Metrics,
+    hostevents::{self, HostEvent, HostEventKind},
     sensor::{SensorLoop, load_model},
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -28,6 +29,8 @@ struct Settings {
     config: Config,
     sensor_id: String,
     record_features: Option<std::path::PathBuf>,
+    auth_log: Option<std::path::PathBuf>,
+    auth_log_from_start: bool,
 }
 
 fn hostname() -> String {
@@ -58,12 +61,15 @@ fn settings(args: &RunArgs) -> Result<Settings> {
     if let Some(m) = &args.model {
         config.detect.model = Some(m.clone());
     }
+    config.detect.validate().context("invalid [detect] configuration")?;
     let sensor_id = args.sensor_id.clone().or_else(|| config.sensor_id.clone()).unwrap_or_else(hostname);
     netguard_store::types::validate_sensor_id(&sensor_id).with_context(|| format!("invalid sensor id `{sensor_id}` (--sensor-id)"))?;
     Ok(Settings {
         config,
         sensor_id,
         record_features: args.record_features.clone(),
+        auth_log: args.auth_log.clone().or_else(netguard_user::hostevents::default_auth_log),
+        auth_log_from_start: args.auth_log_from_start,
     })
 }
 
@@ -177,12 +183,29 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         sensor.record_to(path).with_context(|| format!("cannot write feature records to {}", path.display()))?;
         log::info!("recording feature vectors to {}", path.display());
     }
+    let auth_events = match &s.auth_log {
+        Some(path) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(4096);
+            let opts = hostevents::AuthLogOptions::default().from_start(s.auth_log_from_start);
+            let offsets = hostevents::StoreOffsets::new(control.store().clone(), path);
+            // The handle stops the tailer when dropped: keep it for the daemon's lifetime.
+            let handle = hostevents::spawn_authlog(path, opts, offsets, tx);
+            log::info!("following {} for failed logins", path.display());
+            Some((handle, rx))
+        }
+        None => None,
+    };
+    let (authlog, auth_rx) = match auth_events {
+        Some((h, rx)) => (Some(h), Some(rx)),
+        None => (None, None),
+    };
     let flows_now = Arc::new(AtomicU64::new(0));
-    let detector = tokio::spawn(detect(sensor, flows_now.clone()));
+    let detector = tokio::spawn(detect(sensor, flows_now.clone(), auth_rx));
 
     let result = summarise(&dp, &control, &metrics, every, &new_flows, &flows_now).await;
     detector.abort();
     reader.abort();
+    drop(authlog);
     log::info!("shutting down");
     let _ = stop_api.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {
@@ -193,12 +216,24 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     result
 }
 
-/// The detection loop: one tick per second (the features' short window).
-async fn detect(mut sensor: SensorLoop, flows_now: Arc<AtomicU64>) {
+/// The detection loop: one tick per second (the features' short window). Failed logins from the auth
+/// log feed the failed-auth feature between ticks.
+async fn detect(mut sensor: SensorLoop, flows_now: Arc<AtomicU64>, mut auth: Option<tokio::sync::mpsc::Receiver<HostEvent>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            ev = async { match auth.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                match ev {
+                    // One FailedPassword per guessed password; PAM and invalid-user lines repeat it.
+                    Some(ev) if ev.kind == HostEventKind::FailedPassword => sensor.on_failed_auth(ev.src_ip, 1),
+                    Some(_) => {}
+                    None => auth = None,
+                }
+                continue;
+            }
+        }
         match sensor.tick().await {
             Ok(r) => {
                 flows_now.store(r.flows as u64, Ordering::Relaxed);

@@ -82,9 +82,13 @@ impl SensorLoop {
 
     pub async fn tick(&mut self) -> Result<TickReport, crate::datapath::DatapathError> {
         self.ticks += 1;
-        let flows = self.dp.lock().expect("datapath lock poisoned").flows()?;
-        self.extractor.observe_flows(&flows, mono_coarse_now_ns());
-        let vectors = self.extractor.close_window(Utc::now());
+        // With a million active flows, reading the table and updating the windows takes 0.3-0.6 s:
+        // tell tokio this worker is busy so other tasks (the API, the event reader) move elsewhere.
+        let (flows, vectors) = tokio::task::block_in_place(|| {
+            let flows = self.dp.lock().expect("datapath lock poisoned").flows()?;
+            self.extractor.observe_flows(&flows, mono_coarse_now_ns());
+            Ok::<_, crate::datapath::DatapathError>((flows, self.extractor.close_window(Utc::now())))
+        })?;
         let mut report = TickReport {
             flows: flows.len(),
             vectors: vectors.len(),
@@ -111,6 +115,8 @@ impl SensorLoop {
                         if !matches!(e, ControlError::Invalid(_)) {
                             log::warn!("auto-block of {} failed: {e}", b.cidr);
                         }
+                        // Let the detector propose again later instead of believing the source blocked.
+                        self.detector.forget_block(b.cidr.addr());
                         d.alert.action = "alerted".into();
                         d.alert.evidence.insert("block_refused".into(), e.to_string().into());
                     }

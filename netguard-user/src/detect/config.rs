@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use super::{
     DetectError, duration_str,
     rules::{RULE_CLASSES, RulesConfig},
-    windows::ExtractorConfig,
 };
 
 /// `[detect]` in the config file.
@@ -195,5 +194,38 @@ impl DetectConfig {
             return bad("detect.features.max_sources", "must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+/// `[detect.features]` in the config file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExtractorConfig {
+    /// Sources tracked at most; the rest are evicted (LRU) into the overflow aggregate.
+    pub max_sources: usize,
+    /// Long window. The `_10s` features assume 10 s: change it only together with a retrained model.
+    #[serde(with = "super::duration_str")]
+    pub long_window: Duration,
+    /// Nominal tick (the daemon's period), used when the flow snapshots carry no timing.
+    #[serde(with = "super::duration_str")]
+    pub tick: Duration,
+    /// Sources with fewer packets than this in the long window (and no failed login) get no vector of
+    /// their own: they are judged together in the aggregate `OVERFLOW_SRC` vector. One packet from a
+    /// forged address says nothing; a hundred thousand of them together are a flood.
+    pub min_packets: u32,
+    /// Flows idle this long are forgotten (their next packets are re-baselined, costing one tick).
+    #[serde(with = "super::duration_str")]
+    pub flow_forget_after: Duration,
+}
+
+impl Default for ExtractorConfig {
+    fn default() -> Self {
+        Self {
+            max_sources: 65_536,
+            long_window: Duration::from_secs(10),
+            tick: Duration::from_secs(1),
+            min_packets: 5,
+            flow_forget_after: Duration::from_secs(60),
+        }
     }
 }

@@ -343,7 +343,12 @@ impl Detector {
             evidence.insert(FEATURES[f].into(), round3(f64::from(v.values[f])).into());
         }
         if v.src == OVERFLOW_SRC {
-            evidence.insert("untracked_sources".into(), true.into());
+            // Not one sender: the sources too small to judge alone plus those beyond the tracking cap.
+            evidence.insert("aggregate".into(), true.into());
+            evidence.insert(
+                F::Sources.name().into(),
+                round3(f64::from(v.get(F::Sources))).into(),
+            );
         }
         if let Some(b) = &block {
             evidence.insert(

@@ -15,6 +15,23 @@ use std::hash::{BuildHasher, RandomState};
 
 use netguard_common::{FlowKey, FlowStats};
 
+/// CLOCK_MONOTONIC_COARSE now, in ns: the clock of `FlowStats::first_seen_ns`/`last_seen_ns`
+/// (`bpf_ktime_get_coarse_ns`), to pass to [`Extractor::observe_flows`].
+pub fn mono_coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we own; this clock exists on every Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
 /// What one flow did since the previous snapshot. Counters never go negative: a flow that the kernel
 /// evicted and re-created restarts from its new totals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -31,17 +31,18 @@ pub(crate) mod tests;
 
 use std::path::PathBuf;
 
-pub use config::{BlockScope, DetectConfig, ResponseConfig};
+pub use config::{BlockScope, DetectConfig, ExtractorConfig, ResponseConfig};
 pub use engine::{BlockDecision, Decision, Detector};
 pub use features::{F, FEATURES, FeatureVector, SCHEMA_VERSION, feature_index};
 pub use fit::{
     ClassMetrics, DataSummary, TrainParams, TrainReport, cap_per_class, evaluate as evaluate_model,
     fit as fit_model, stratified_split,
 };
+pub use flows::mono_coarse_now_ns;
 pub use model::{MODEL_FORMAT, Model, Node, Prediction, Tree, bench_predict};
 pub use record::{Dataset, RECORD_MAGIC, read_dataset, record_row, write_record_header};
 pub use rules::{FailedAuthRule, RULE_CLASSES, RulesConfig, ThresholdRule};
-pub use windows::{Extractor, ExtractorConfig, ExtractorStats, OVERFLOW_SRC, mono_coarse_now_ns};
+pub use windows::{Extractor, ExtractorStats, OVERFLOW_SRC};
 
 /// Output classes, in the order the model's class indices use. `benign` is never alerted.
 pub const CLASSES: &[&str] = &[

@@ -19,10 +19,11 @@ use std::{collections::HashMap, hash::BuildHasher, net::IpAddr, time::Duration};
 
 use chrono::{DateTime, Utc};
 use netguard_common::{FlowKey, FlowStats};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{
     bucket::{Bucket, Gauges, sat},
+    config::ExtractorConfig,
     features::{self, FeatureVector, WindowView},
     flows::{FlowDelta, FlowTable},
     sketch::{Hll, hash_ip},
@@ -32,56 +33,6 @@ use crate::datapath::flow_src;
 /// Source address of the aggregate vector: sources beyond the tracking cap, and sources too small to
 /// judge alone (never a real sender, never blocked).
 pub const OVERFLOW_SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-
-/// CLOCK_MONOTONIC_COARSE now, in ns: the clock of `FlowStats::first_seen_ns`/`last_seen_ns`
-/// (`bpf_ktime_get_coarse_ns`), to pass to [`Extractor::observe_flows`].
-pub fn mono_coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we own; this clock exists on every Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
-
-/// `[detect.features]` in the config file.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ExtractorConfig {
-    /// Sources tracked at most; the rest are evicted (LRU) into the overflow aggregate.
-    pub max_sources: usize,
-    /// Long window. The `_10s` features assume 10 s: change it only together with a retrained model.
-    #[serde(with = "super::duration_str")]
-    pub long_window: Duration,
-    /// Nominal tick (the daemon's period), used when the flow snapshots carry no timing.
-    #[serde(with = "super::duration_str")]
-    pub tick: Duration,
-    /// Sources with fewer packets than this in the long window (and no failed login) get no vector of
-    /// their own: they are judged together in the aggregate `OVERFLOW_SRC` vector. One packet from a
-    /// forged address says nothing; a hundred thousand of them together are a flood.
-    pub min_packets: u32,
-    /// Flows idle this long are forgotten (their next packets are re-baselined, costing one tick).
-    #[serde(with = "super::duration_str")]
-    pub flow_forget_after: Duration,
-}
-
-impl Default for ExtractorConfig {
-    fn default() -> Self {
-        Self {
-            max_sources: 65_536,
-            long_window: Duration::from_secs(10),
-            tick: Duration::from_secs(1),
-            min_packets: 5,
-            flow_forget_after: Duration::from_secs(60),
-        }
-    }
-}
 
 /// For metrics (`netguard_detect_sources_*`) and `status`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

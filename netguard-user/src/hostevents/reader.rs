@@ -25,6 +25,7 @@ pub(super) struct Open {
     pub(super) partial: Vec<u8>,
     /// The last `min(committed, TAIL_LEN)` bytes before `committed()`: see [`FilePos::tail_hash`].
     pub(super) tail: Vec<u8>,
+    /// When the file last grew: a rotated file is let go after a quiet grace period.
     pub(super) last_growth: Instant,
 }
 

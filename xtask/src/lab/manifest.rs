@@ -71,8 +71,9 @@ pub fn render(meta: &Meta, outcomes: &[Outcome]) -> String {
          0.0.0.0 row, the aggregate of sources it could not track. Each spoofed scenario keeps about \
          {} rows of spoofed sources (whole sources, chosen by a hash of the address; 0 = no cap); the \
          rest is counted under `over cap`.\n\
-         - Dropped: link-local/multicast/unspecified sources (neighbour discovery), and lab \
-         addresses that should be silent in the scenario (counted as `unexpected`).\n\
+         - Dropped as `infra`: link-local/multicast sources (neighbour discovery) and, outside spoofed \
+         scenarios, the daemon's 0.0.0.0 aggregate row; as `unexpected`: lab \
+         addresses that should be silent in the scenario.\n\
          - Warm-up: rows from the daemon's start until {:.0} s after the benign background started \
          (sliding windows still filling) are dropped. Cool-down: rows after the scenario's tools \
          ended (windows only draining; the daemon runs {:.0} s more) are dropped.\n",

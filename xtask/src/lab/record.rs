@@ -78,12 +78,13 @@ pub struct LabelRule {
 impl LabelRule {
     pub fn label(&self, src: IpAddr) -> Result<Label, Dropped> {
         if src == OVERFLOW_SRC {
-            // The daemon folds sources it cannot track into one row; only a spoofed flood makes that
-            // many, and the benign clients are tracked from the warm-up on, so it is the attack.
+            // The daemon folds sources it does not track into one row. In a spoofed flood that is the
+            // flood (the benign clients are tracked from the warm-up on); elsewhere it only holds
+            // stray sources such as neighbour discovery.
             return if self.spoofed && self.class != Label::Benign {
                 Ok(self.class)
             } else {
-                Err(Dropped::Unexpected)
+                Err(Dropped::Infrastructure)
             };
         }
         // hping3 --rand-source draws from all of IPv4, multicast and loopback included; nothing in
@@ -151,7 +152,7 @@ pub fn spoof_keep(input: impl BufRead, rule: &LabelRule, window: Window, cap: u6
     })
 }
 
-/// Whether a spoofed source is in the kept share: FNV-1a of its address, scaled to [0, 1).
+/// Whether a spoofed source is in the kept share: a hash of its address, scaled to [0, 1).
 fn sampled(src: IpAddr, keep: f64) -> bool {
     if keep >= 1.0 {
         return true;
@@ -164,6 +165,11 @@ fn sampled(src: IpAddr, keep: f64) -> bool {
     for b in bytes {
         h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
     }
+    // FNV's top bits barely depend on the last bytes of a short input; splitmix64's finaliser spreads
+    // them, so nearby addresses land all over [0, 1).
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
     (h as f64 / u64::MAX as f64) < keep
 }
 
@@ -400,8 +406,8 @@ mod tests {
             Err(Dropped::Infrastructure)
         );
         // The untracked-sources aggregate is the attack only where the attack spoofs.
-        assert_eq!(b.label(OVERFLOW_SRC), Err(Dropped::Unexpected));
-        assert_eq!(r.label(OVERFLOW_SRC), Err(Dropped::Unexpected));
+        assert_eq!(b.label(OVERFLOW_SRC), Err(Dropped::Infrastructure));
+        assert_eq!(r.label(OVERFLOW_SRC), Err(Dropped::Infrastructure));
         let spoof = rule(Label::IcmpFlood, true);
         assert_eq!(spoof.label(OVERFLOW_SRC), Ok(Label::IcmpFlood));
         // A random IPv4 source is the attack even where it is multicast; IPv6 link-local stays out.

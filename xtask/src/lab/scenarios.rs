@@ -305,21 +305,24 @@ pub fn plan(quick: bool, files: &Files) -> Vec<Scenario> {
     p.add("port_scan_syn_t4", "fast SYN scan of every port, 4 sweeps", MIX, 8, vec![fast]);
     let connect = sweeps(nmap(b, 3, false, "-sT -T3 -p-", 30), 4);
     p.add("port_scan_connect_t3", "connect scan of every port, 4 sweeps", MIX, 8, vec![connect]);
-    let paced = "-sS -T3 -p 1-3000 --max-rate 150";
-    p.add("port_scan_syn_paced", "SYN scan at 150 probes/s", MIX, 20, vec![nmap(a, 2, false, paced, 45)]);
+    let paced = "-sS -T3 -p 1-6000 --max-rate 150";
+    p.add("port_scan_syn_paced", "SYN scan at 150 probes/s", MIX, 40, vec![nmap(a, 2, false, paced, 60)]);
+    let (d1, d2) = ("-sT -T3 -p 1-3000 --max-rate 100", "-sS -T3 -p 3001-6000 --max-rate 100");
+    let (n1, n2) = (nmap(a, 1, false, d1, 45), nmap(b, 3, false, d2, 45));
+    p.add("port_scan_distributed_paced", "two sources split the ports, 100 probes/s each", MIX, 30, vec![n1, n2]);
     let udp = "-sU -T4 --top-ports 200";
     p.add("port_scan_udp_t4", "UDP scan of the 200 most common ports", MIX, 10, vec![nmap(a, 2, false, udp, 40)]);
-    let slow = "-sS -T2 --top-ports 60";
-    p.add("port_scan_slow_t2", "polite timing, 0.4 s between probes", MIX, 30, vec![nmap(b, 4, false, slow, 45)]);
+    let slow = "-sS -T2 --top-ports 100";
+    p.add("port_scan_slow_t2", "polite timing, 0.4 s between probes", MIX, 42, vec![nmap(b, 4, false, slow, 60)]);
     let six = sweeps(nmap(a, 1, true, "-sS -T3 -p-", 30), 3);
     p.add("port_scan_v6_t3", "SYN scan of every port over IPv6, 3 sweeps", MIX, 6, vec![six]);
 
     let o = format!("-l {LAB_USER} -P {hit} -t 4");
     p.add("ssh_brute_force_hydra", "300 passwords, the last one right", MIX, 40, vec![brute(a, 1, false, &o, 90)]);
-    let o = format!("medusa -u {LAB_USER} -P {miss} -t 2");
-    p.add("ssh_brute_force_medusa", "300 passwords, all wrong", MIX, 16, vec![brute(b, 3, false, &o, 60)]);
+    let o = format!("medusa -u {LAB_USER} -P {miss} -t 1");
+    p.add("ssh_brute_force_medusa", "300 passwords, all wrong, one thread", MIX, 30, vec![brute(b, 3, false, &o, 60)]);
     let o = format!("-L {users} -P {miss} -t 1 -W 1");
-    p.add("ssh_brute_force_users_slow", "8 users, paced, cut at 40 s", ALONE, 40, vec![brute(a, 2, false, &o, 40)]);
+    p.add("ssh_brute_force_users_slow", "8 users, paced, cut at 60 s", ALONE, 60, vec![brute(a, 2, false, &o, 60)]);
     let o = format!("-6 -l {LAB_USER} -P {short} -t 2");
     p.add("ssh_brute_force_v6", "hydra over IPv6, 100 passwords, all wrong", MIX, 27, vec![brute(b, 3, true, &o, 60)]);
     p.list

@@ -219,7 +219,7 @@ fn allowlisted_and_aggregate_sources_are_never_blocked() {
         assert!(dec.block.is_none());
         assert_eq!(dec.alert.action, "alerted");
     }
-    assert_eq!(out[1].alert.evidence["untracked_sources"], true);
+    assert_eq!(out[1].alert.evidence["aggregate"], true);
 }
 
 #[test]

@@ -149,6 +149,23 @@ fn predict_cost() {
         m.leaves(),
         vectors.len()
     );
+    // Worst case: a deep, bushy tree (noisy labels, no depth limit to speak of).
+    let (x, y) = tie_heavy(3000);
+    let p = TrainParams {
+        min_samples_leaf: 1,
+        max_depth: 30,
+        ..TrainParams::default()
+    };
+    let (tree, _) = crate::detect::fit_model(x.view(), &y, &p).unwrap();
+    let deep = Model::new(p, tree, Default::default()).unwrap();
+    let rows: Vec<Vec<f32>> = x.rows().into_iter().map(|r| r.to_vec()).collect();
+    let ns = bench_predict(&deep, &rows, 200);
+    println!(
+        "predict: {ns:.1} ns per vector (tree depth {}, {} leaves, {} vectors)",
+        deep.depth(),
+        deep.leaves(),
+        rows.len()
+    );
 }
 
 /// Two identical columns and labels that mix classes three at a time: many splits of exactly equal

@@ -4,4 +4,3 @@ mod driver;
 mod sshd;
 mod stamp;
 mod tail;
-mod latency_tmp;
