@@ -32,7 +32,7 @@ pub(crate) struct Bucket {
     /// Distinct sources in this bucket (1, or more for the overflow aggregate).
     pub sources: u32,
     pub ports: Bits<4>,
-    pub hosts: Bits<1>,
+    pub hosts: Bits<4>,
 }
 
 pub(crate) fn sat(x: u64) -> u32 {
