@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -17,10 +18,10 @@ use redb::{
 
 use crate::error::{Result, StoreError};
 use crate::types::{
-    self, Alert, AlertQuery, ListEntry, ListKind, Scope, Sensor, entry_id, expiry_index_ms,
-    from_index_ms, now_index_ms,
+    self, Alert, AlertQuery, EventQuery, HostEventRecord, ListEntry, ListKind, Scope, Sensor,
+    entry_id, expiry_index_ms, from_index_ms, now_index_ms,
 };
-use crate::{DEFAULT_ALERT_CAP, Store};
+use crate::{DEFAULT_ALERT_CAP, DEFAULT_EVENT_CAP, Store};
 
 /// File name inside the state dir; one file holds everything so a backup is one copy.
 pub const DB_FILE: &str = "netguard-store.redb";
@@ -40,6 +41,14 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_ALERT_SEQ: &str = "alert_seq";
+// Host events: the history keyed by a growing sequence (like alerts), and the dedup fingerprints
+// with their expiry (ms), plus an expiry index so expired fingerprints are purged in key order.
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const EVENT_FPS: TableDefinition<&str, i64> = TableDefinition::new("event_fps");
+const EVENT_FP_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("event_fp_expiry");
+const META_EVENT_SEQ: &str = "event_seq";
+/// Expired fingerprints purged per `record_events` call, so one call never does unbounded work.
+const FP_PURGE_BATCH: usize = 10_000;
 
 fn entries_table(kind: ListKind) -> TableDefinition<'static, &'static str, &'static [u8]> {
     match kind {
@@ -61,6 +70,8 @@ pub struct EmbeddedConfig {
     /// Created if missing; the database file is `state_dir/DB_FILE`.
     pub state_dir: PathBuf,
     pub alert_cap: usize,
+    /// Host events kept in the history ([`Store::events`]).
+    pub event_cap: usize,
 }
 
 impl EmbeddedConfig {
@@ -68,6 +79,7 @@ impl EmbeddedConfig {
         EmbeddedConfig {
             state_dir: state_dir.into(),
             alert_cap: DEFAULT_ALERT_CAP,
+            event_cap: DEFAULT_EVENT_CAP,
         }
     }
 }
@@ -134,6 +146,7 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     path: PathBuf,
     alert_cap: usize,
+    event_cap: usize,
 }
 
 impl EmbeddedStore {
@@ -161,6 +174,9 @@ impl EmbeddedStore {
                 txn.open_table(KV)?;
                 txn.open_table(COUNTERS)?;
                 txn.open_table(META)?;
+                txn.open_table(EVENTS)?;
+                txn.open_table(EVENT_FPS)?;
+                txn.open_table(EVENT_FP_EXPIRY)?;
                 txn.commit()?;
                 Ok(db)
             };
@@ -172,6 +188,7 @@ impl EmbeddedStore {
             db: Arc::new(db),
             path,
             alert_cap: config.alert_cap.max(1),
+            event_cap: config.event_cap.max(1),
         })
     }
 
@@ -234,7 +251,10 @@ impl Store for EmbeddedStore {
         let rows: Vec<(String, Vec<u8>, Option<i64>)> = rows
             .into_iter()
             .map(|(id, e)| {
-                let bytes = serde_json::to_vec(e).map_err(|source| StoreError::Serde { what: "list entry", source })?;
+                let bytes = serde_json::to_vec(e).map_err(|source| StoreError::Serde {
+                    what: "list entry",
+                    source,
+                })?;
                 Ok((id, bytes, e.expires_at.map(expiry_index_ms)))
             })
             .collect::<Result<_>>()?;
@@ -364,6 +384,106 @@ impl Store for EmbeddedStore {
                 let alert: Alert = decode("alert", &key.value().to_string(), value.value())?;
                 if query.matches(&alert) {
                     out.push(alert);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_events(
+        &self,
+        events: &[HostEventRecord],
+        retention: Duration,
+    ) -> Result<Vec<bool>> {
+        types::validate_events(events)?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, Vec<u8>)> = events
+            .iter()
+            .map(|e| {
+                let bytes = serde_json::to_vec(e).map_err(|source| StoreError::Serde {
+                    what: "host event",
+                    source,
+                })?;
+                Ok((e.fingerprint.clone(), bytes))
+            })
+            .collect::<Result<_>>()?;
+        let now_ms = now_index_ms(Utc::now());
+        let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let until_ms = now_ms.saturating_add(keep_ms);
+        let cap = self.event_cap as u64;
+        // One write transaction: redb serialises writers, so the check-then-insert per
+        // fingerprint is atomic against concurrent calls, and the batch is all or nothing.
+        self.write(move |txn| {
+            let mut fps = txn.open_table(EVENT_FPS)?;
+            let mut index = txn.open_table(EVENT_FP_EXPIRY)?;
+            let mut expired = Vec::new();
+            for row in index.iter()? {
+                let (key, _) = row?;
+                let (ms, fp) = key.value();
+                if ms > now_ms || expired.len() >= FP_PURGE_BATCH {
+                    break;
+                }
+                expired.push((ms, fp.to_owned()));
+            }
+            for (ms, fp) in &expired {
+                index.remove((*ms, fp.as_str()))?;
+                if fps.get(fp.as_str())?.is_some_and(|v| v.value() == *ms) {
+                    fps.remove(fp.as_str())?;
+                }
+            }
+            let mut meta = txn.open_table(META)?;
+            let mut seq = meta.get(META_EVENT_SEQ)?.map_or(0, |v| v.value());
+            let mut history = txn.open_table(EVENTS)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (fp, bytes) in &rows {
+                let previous = fps.get(fp.as_str())?.map(|v| v.value());
+                if previous.is_some_and(|ms| ms > now_ms) {
+                    out.push(false);
+                    continue;
+                }
+                if let Some(ms) = previous {
+                    index.remove((ms, fp.as_str()))?;
+                }
+                fps.insert(fp.as_str(), until_ms)?;
+                index.insert((until_ms, fp.as_str()), ())?;
+                seq += 1;
+                history.insert(seq, bytes.as_slice())?;
+                out.push(true);
+            }
+            meta.insert(META_EVENT_SEQ, seq)?;
+            let excess = history.len()?.saturating_sub(cap);
+            for _ in 0..excess {
+                history.pop_first()?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Vec<HostEventRecord>> {
+        let query = query.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(EVENTS)?;
+            let mut out = Vec::new();
+            let mut skipped = 0;
+            for row in table.iter()?.rev() {
+                if query.is_full(out.len()) {
+                    break;
+                }
+                let (key, value) = row?;
+                let event: HostEventRecord =
+                    decode("host event", &key.value().to_string(), value.value())?;
+                if !query.matches(&event) {
+                    continue;
+                }
+                if skipped < query.offset {
+                    skipped += 1;
+                } else {
+                    out.push(event);
                 }
             }
             Ok(out)

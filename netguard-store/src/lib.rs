@@ -1,5 +1,6 @@
 //! NetGuard's durable state: the one interface the daemon uses to keep blocklist and allowlist
-//! entries, alert history, registered sensors, small key/value state and counters.
+//! entries, alert history, registered sensors, host events (deduplicated by fingerprint, see
+//! [`Store::record_events`]), small key/value state and counters.
 //!
 //! Two backends implement [`Store`] and pass the same conformance suite (`tests/`):
 //! - [`EmbeddedStore`]: redb on local disk, the default (`--state-dir`). Every write commits a
@@ -19,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -36,11 +38,16 @@ pub use self::redis::{RedisConfig, RedisStore};
 pub use self::resilient::{ResilientConfig, ResilientStore};
 pub use error::{Result, StoreError};
 pub use types::{
-    Alert, AlertQuery, ChangeEvent, EntryChange, EntrySource, ListEntry, ListKind, Scope, Sensor,
+    Alert, AlertQuery, ChangeEvent, EntryChange, EntrySource, EventQuery, HostEventRecord,
+    ListEntry, ListKind, Scope, Sensor,
 };
 
 /// Default number of alerts kept; older ones are trimmed (DESIGN.md: history after a page reload).
 pub const DEFAULT_ALERT_CAP: usize = 100_000;
+
+/// Default number of host events kept in the event history ([`Store::events`]); older ones are
+/// trimmed. Fingerprints used for deduplication are kept separately, for their retention window.
+pub const DEFAULT_EVENT_CAP: usize = 100_000;
 
 /// Receiver of entry changes made by other store instances (see [`Store::subscribe_changes`]).
 pub type ChangeReceiver = tokio::sync::mpsc::Receiver<ChangeEvent>;
@@ -75,6 +82,21 @@ pub trait Store: Send + Sync {
 
     /// Alerts newest first, filtered, at most `query.limit` and never older than the cap.
     async fn alerts(&self, query: AlertQuery) -> Result<Vec<Alert>>;
+
+    /// Stores each event whose fingerprint was not recorded within `retention`, atomically (two
+    /// concurrent posts of one fingerprint store it once, also from two sensors sharing a Redis).
+    /// One bool per input, in order: true = new (stored), false = duplicate (not stored again).
+    /// A fingerprint repeated inside `events` is new once, then a duplicate. Events are
+    /// validated first ([`types::validate_events`]); an invalid one fails the whole call.
+    async fn record_events(
+        &self,
+        events: &[HostEventRecord],
+        retention: Duration,
+    ) -> Result<Vec<bool>>;
+
+    /// Stored events, newest first (by received_at, i.e. insertion order), filtered and paged;
+    /// the history is capped (oldest trimmed, see [`DEFAULT_EVENT_CAP`]).
+    async fn events(&self, query: &EventQuery) -> Result<Vec<HostEventRecord>>;
 
     /// Registers or updates a sensor.
     async fn put_sensor(&self, sensor: &Sensor) -> Result<()>;

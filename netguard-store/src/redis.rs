@@ -7,6 +7,8 @@
 //! | `P:entries:{kind}` | set | ids of all entries, for listing |
 //! | `P:expiry:{kind}` | sorted set | id scored by expiry ms, for `next_expiry`/`take_expired` |
 //! | `P:alerts` | stream | alert JSON, `MAXLEN ~ cap` |
+//! | `P:evfp:{fingerprint}` | string | a host event's dedup key, `PX` = retention |
+//! | `P:events` | list | host event JSON, newest first, trimmed to the event cap |
 //! | `P:sensors` | hash | sensor id to sensor JSON |
 //! | `P:kv:{sensor}`, `P:counters:{sensor}` | hash | per-sensor state and counters |
 //! | `P:changes` | Pub/Sub channel | JSON [`EntryChange`] for every put and removal |
@@ -26,13 +28,14 @@ use redis::{Client, RedisError, Script};
 mod alerts;
 mod changes;
 mod codec;
+mod events;
 
 use crate::error::{Result, StoreError};
 use crate::types::{
-    self, Alert, AlertQuery, EntryChange, ListEntry, ListKind, Scope, Sensor, entry_id,
-    expiry_index_ms, from_index_ms, now_index_ms,
+    self, Alert, AlertQuery, EntryChange, EventQuery, HostEventRecord, ListEntry, ListKind, Scope,
+    Sensor, entry_id, expiry_index_ms, from_index_ms, now_index_ms,
 };
-use crate::{ChangeReceiver, DEFAULT_ALERT_CAP, Store};
+use crate::{ChangeReceiver, DEFAULT_ALERT_CAP, DEFAULT_EVENT_CAP, Store};
 
 pub const DEFAULT_PREFIX: &str = "netguard";
 const BACKEND: &str = "redis";
@@ -49,6 +52,8 @@ pub struct RedisConfig {
     /// This sensor's id: namespaces kv and counters and is the `origin` of published changes.
     pub sensor_id: String,
     pub alert_cap: usize,
+    /// Host events kept in the history list (`P:events`).
+    pub event_cap: usize,
     /// Entry hashes outlive their expiry by this much (`PEXPIREAT`), so `take_expired` can still
     /// return them to a daemon that wakes a little late, while Redis still cleans up entries
     /// that no sensor is left to expire. Such an entry is then gone without a change message;
@@ -66,6 +71,7 @@ impl RedisConfig {
             prefix: DEFAULT_PREFIX.to_owned(),
             sensor_id: sensor_id.into(),
             alert_cap: DEFAULT_ALERT_CAP,
+            event_cap: DEFAULT_EVENT_CAP,
             expire_grace: Duration::from_secs(24 * 3600),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
@@ -109,6 +115,7 @@ pub struct RedisStore {
     instance: String,
     remove_script: Script,
     take_script: Script,
+    record_events_script: Script,
 }
 
 impl RedisStore {
@@ -146,6 +153,7 @@ impl RedisStore {
             location,
             remove_script: Script::new(REMOVE_LUA),
             take_script: Script::new(TAKE_EXPIRED_LUA),
+            record_events_script: Script::new(events::RECORD_EVENTS_LUA),
         };
         store.ping().await?;
         Ok(store)
@@ -401,6 +409,19 @@ impl Store for RedisStore {
 
     async fn alerts(&self, query: AlertQuery) -> Result<Vec<Alert>> {
         self.read_alerts(query).await
+    }
+
+    async fn record_events(
+        &self,
+        events: &[HostEventRecord],
+        retention: Duration,
+    ) -> Result<Vec<bool>> {
+        types::validate_events(events)?;
+        self.record_events_impl(events, retention).await
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Vec<HostEventRecord>> {
+        self.read_events(query).await
     }
 
     async fn put_sensor(&self, sensor: &Sensor) -> Result<()> {

@@ -9,11 +9,20 @@
 //! Delivery is at least once: a write whose reply was lost (the server applied it, then the
 //! connection dropped) is replayed. Entry, sensor and kv writes are idempotent; an alert may then
 //! appear twice and a counter may over-count, which is preferable to losing a block.
+//!
+//! Host events ([`Store::record_events`]) are idempotent too: the replay goes through the same
+//! atomic fingerprint check, so an event queued during an outage and also posted elsewhere is
+//! stored once, and a replayed batch never doubles the history. While queued, the answer "new or
+//! duplicate" comes from a bounded local memory of the fingerprints this process has seen
+//! (recorded or answered) within their retention, so a batch retried during the outage is
+//! acknowledged as duplicates here too. What the local memory cannot know is an event that only
+//! *another* sensor recorded: during an outage this process may call it new (and count it for
+//! its thresholds) although the stored history will still hold it once.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -22,7 +31,9 @@ use tokio::sync::{Mutex, Notify};
 use tokio::task::AbortHandle;
 
 use crate::error::{Result, StoreError};
-use crate::types::{self, Alert, AlertQuery, ListEntry, ListKind, Scope, Sensor};
+use crate::types::{
+    self, Alert, AlertQuery, EventQuery, HostEventRecord, ListEntry, ListKind, Scope, Sensor,
+};
 use crate::{ChangeReceiver, Store};
 
 /// Queue size and retry pacing.
@@ -54,6 +65,7 @@ enum Op {
     RemoveSensor(String),
     KvPut(String, Vec<u8>),
     IncrCounter(String, u64),
+    RecordEvents(Vec<HostEventRecord>, Duration),
 }
 
 /// What a write returned, or that it was queued.
@@ -61,6 +73,7 @@ enum Applied {
     Unit,
     Bool(bool),
     Count(u64),
+    Flags(Vec<bool>),
     Queued,
 }
 
@@ -87,7 +100,38 @@ async fn apply<S: Store + ?Sized>(store: &S, op: &Op) -> Result<Applied> {
             Applied::Unit
         }
         Op::IncrCounter(name, by) => Applied::Count(store.incr_counter(name, *by).await?),
+        Op::RecordEvents(events, retention) => {
+            Applied::Flags(store.record_events(events, *retention).await?)
+        }
     })
+}
+
+/// Fingerprints remembered locally for answering `record_events` while writes are queued.
+const FINGERPRINT_MEMORY: usize = 200_000;
+
+/// A bounded map of fingerprint to the end of its retention; the oldest insertions go first.
+#[derive(Default)]
+struct Fingerprints {
+    until: HashMap<String, Instant>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Fingerprints {
+    fn is_live(&self, fp: &str, now: Instant) -> bool {
+        self.until.get(fp).is_some_and(|t| *t > now)
+    }
+
+    fn remember(&mut self, fp: &str, until: Instant) {
+        self.until.insert(fp.to_owned(), until);
+        self.order.push_back((until, fp.to_owned()));
+        while self.order.len() > FINGERPRINT_MEMORY {
+            if let Some((t, old)) = self.order.pop_front()
+                && self.until.get(&old) == Some(&t)
+            {
+                self.until.remove(&old);
+            }
+        }
+    }
 }
 
 struct Shared<S> {
@@ -106,6 +150,8 @@ struct Shared<S> {
     /// Counter totals as last known plus queued increments: what `incr_counter` answers while
     /// the real total cannot be read.
     counter_estimates: SyncMutex<HashMap<String, u64>>,
+    /// Recently seen event fingerprints (see the module docs).
+    fingerprints: SyncMutex<Fingerprints>,
 }
 
 impl<S: Store> Shared<S> {
@@ -209,6 +255,7 @@ impl<S: Store + 'static> ResilientStore<S> {
             wake: Notify::new(),
             last_down: SyncMutex::new(None),
             counter_estimates: SyncMutex::new(HashMap::new()),
+            fingerprints: SyncMutex::new(Fingerprints::default()),
             config,
         });
         let task_shared = Arc::clone(&shared);
@@ -303,6 +350,52 @@ impl<S: Store + 'static> Store for ResilientStore<S> {
     async fn alerts(&self, query: AlertQuery) -> Result<Vec<Alert>> {
         self.ready().await?;
         self.shared.inner.alerts(query).await
+    }
+
+    /// While queued, answers from the local fingerprint memory (see the module docs); the replay
+    /// still deduplicates in the backend, so the stored history never doubles.
+    async fn record_events(
+        &self,
+        events: &[HostEventRecord],
+        retention: Duration,
+    ) -> Result<Vec<bool>> {
+        types::validate_events(events)?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let op = Op::RecordEvents(events.to_vec(), retention);
+        let applied = self.shared.submit(op).await?;
+        let now = Instant::now();
+        let until = now.checked_add(retention).unwrap_or(now);
+        let mut memory = self
+            .shared
+            .fingerprints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let flags = match applied {
+            Applied::Flags(flags) => flags,
+            _ => events
+                .iter()
+                .map(|e| {
+                    let new = !memory.is_live(&e.fingerprint, now);
+                    if new {
+                        memory.remember(&e.fingerprint, until);
+                    }
+                    new
+                })
+                .collect(),
+        };
+        for (event, new) in events.iter().zip(&flags) {
+            if *new || !memory.is_live(&event.fingerprint, now) {
+                memory.remember(&event.fingerprint, until);
+            }
+        }
+        Ok(flags)
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Vec<HostEventRecord>> {
+        self.ready().await?;
+        self.shared.inner.events(query).await
     }
 
     async fn put_sensor(&self, sensor: &Sensor) -> Result<()> {

@@ -304,6 +304,91 @@ pub struct Sensor {
     pub labels: BTreeMap<String, String>,
 }
 
+/// One host event (a failed or successful login) after normalisation, as stored. Written by
+/// [`crate::Store::record_events`], which keeps each fingerprint once per retention window.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostEventRecord {
+    /// Lowercase hex SHA-256 over the event's time, source IP, username and source port
+    /// (exactly-once key).
+    pub fingerprint: String,
+    /// When it happened (the event's own time).
+    pub ts: DateTime<Utc>,
+    /// When this sensor accepted it.
+    pub received_at: DateTime<Utc>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "203.0.113.7"))]
+    pub src_ip: IpAddr,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub src_port: Option<u16>,
+    /// Normalised type: "ssh_failed", "ssh_invalid_user", "ssh_accepted", "windows_4625",
+    /// "windows_4624", ...
+    pub event_type: String,
+    /// Service attacked: "ssh" (class ssh_brute_force) or e.g. "windows"/"rdp"/"smb" (class
+    /// brute_force).
+    pub service: String,
+    /// true for a failed login.
+    pub failure: bool,
+    /// The VM (sensor/agent host) that saw it.
+    pub source_vm_id: String,
+}
+
+/// Filter and page for [`crate::Store::events`]. Results are newest first (by `received_at`, which
+/// is insertion order for one sensor).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    pub vm_id: Option<String>,
+    pub src_ip: Option<IpAddr>,
+    /// Only events received at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    pub failures_only: bool,
+    /// Matching events to skip (paging), counted after the filters.
+    pub offset: usize,
+    /// At most this many; 0 = no limit.
+    pub limit: usize,
+}
+
+impl EventQuery {
+    /// Whether an event passes the filters (offset and limit are applied by the caller).
+    pub fn matches(&self, event: &HostEventRecord) -> bool {
+        self.vm_id.as_ref().is_none_or(|v| *v == event.source_vm_id)
+            && self.src_ip.is_none_or(|ip| ip == event.src_ip)
+            && self.since.is_none_or(|t| event.received_at >= t)
+            && (!self.failures_only || event.failure)
+    }
+
+    /// Whether `taken` results (after the offset) already fill the page.
+    pub fn is_full(&self, taken: usize) -> bool {
+        self.limit != 0 && taken >= self.limit
+    }
+}
+
+/// Checks events before any is written, so a batch is all or nothing and a bad record found only
+/// at a queued replay cannot happen.
+pub fn validate_events(events: &[HostEventRecord]) -> Result<(), StoreError> {
+    for event in events {
+        let fp = &event.fingerprint;
+        if fp.len() != 64 || !fp.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(StoreError::Invalid {
+                field: "fingerprint",
+                detail: format!(
+                    "{fp:?} is not a lowercase hex SHA-256 (64 characters 0-9a-f): compute it \
+                     with the events module's fingerprint function"
+                ),
+            });
+        }
+        validate_sensor_id(&event.source_vm_id).map_err(|e| match e {
+            StoreError::Invalid { detail, .. } => StoreError::Invalid {
+                field: "source_vm_id",
+                detail,
+            },
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
 /// An entry change as published on the Redis channel `<prefix>:changes` (JSON, tagged by `op`).
 /// Other sensors apply it to their kernel maps, so that a global block reaches the whole fleet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

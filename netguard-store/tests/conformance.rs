@@ -39,4 +39,9 @@ conformance!(
     counters,
     persistence,
     ping_and_name,
+    event_dedup_within_retention,
+    event_reaccept_after_retention,
+    event_dedup_concurrent,
+    event_query,
+    event_cap,
 );

@@ -203,3 +203,70 @@ async fn a_full_queue_says_the_write_was_not_saved() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
 }
+
+fn host_event(n: u64) -> netguard_store::HostEventRecord {
+    netguard_store::HostEventRecord {
+        fingerprint: format!("{n:064x}"),
+        ts: now_ms(),
+        received_at: now_ms(),
+        src_ip: "10.0.0.7".parse().unwrap(),
+        username: Some("root".into()),
+        src_port: Some(50_000),
+        event_type: "ssh_failed".into(),
+        service: "ssh".into(),
+        failure: true,
+        source_vm_id: "sensor-1".into(),
+    }
+}
+
+/// Host events during an outage: a retried batch is answered as duplicates from local memory
+/// (also for events recorded before the outage), the queued batch is replayed on recovery, and
+/// the stored history holds every event once, even one that another sensor recorded meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_events_during_an_outage_are_not_double_counted() {
+    let hour = Duration::from_secs(3600);
+    let mut h = RedisHarness {
+        server: RedisServer::start(true),
+        prefix: "resilience-events".into(),
+    };
+    let redis = RedisStore::connect(h.config("sensor-1")).await.unwrap();
+    let store = ResilientStore::new(Arc::new(redis), quick_retries(1000));
+    assert_eq!(
+        store.record_events(&[host_event(1)], hour).await.unwrap(),
+        [true]
+    );
+
+    h.server.kill();
+    let batch = [host_event(1), host_event(2), host_event(3)];
+    assert_eq!(
+        store.record_events(&batch, hour).await.unwrap(),
+        [false, true, true],
+        "event 1 is remembered from before the outage"
+    );
+    assert_eq!(
+        store.record_events(&batch, hour).await.unwrap(),
+        [false, false, false],
+        "the retried batch is all duplicates"
+    );
+    assert!(store.queued() >= 1);
+
+    h.server.restart();
+    // Another sensor records event 3 before our queue is replayed.
+    let other = RedisStore::connect(h.config("sensor-2")).await.unwrap();
+    assert_eq!(
+        other.record_events(&[host_event(3)], hour).await.unwrap(),
+        [true]
+    );
+    flush_until_done(&store).await;
+    let stored = store
+        .events(&netguard_store::EventQuery::default())
+        .await
+        .unwrap();
+    let mut fps: Vec<_> = stored.iter().map(|e| e.fingerprint.clone()).collect();
+    fps.sort();
+    assert_eq!(
+        fps,
+        [host_event(1), host_event(2), host_event(3)].map(|e| e.fingerprint),
+        "each event stored exactly once"
+    );
+}

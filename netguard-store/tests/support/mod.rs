@@ -188,6 +188,8 @@ impl Harness for EmbeddedHarness {
     async fn open(&self, alert_cap: usize) -> Arc<dyn Store> {
         let mut config = EmbeddedConfig::new(self.dir.path().join("state"));
         config.alert_cap = alert_cap;
+        // One cap for both histories, so the suite can test the event cap the same way.
+        config.event_cap = alert_cap;
         Arc::new(
             EmbeddedStore::open(config)
                 .await
@@ -224,6 +226,7 @@ impl Harness for RedisHarness {
     async fn open(&self, alert_cap: usize) -> Arc<dyn Store> {
         let mut config = self.config("sensor-1");
         config.alert_cap = alert_cap;
+        config.event_cap = alert_cap;
         Arc::new(RedisStore::connect(config).await.expect("connect redis"))
     }
 }

@@ -2,7 +2,12 @@
 //! Each function states one part of the `Store` contract that the daemon relies on.
 
 mod entries;
+mod events;
 mod state;
 
 pub use entries::{bulk_atomicity, entry_crud, ttl_expiry};
+pub use events::{
+    event_cap, event_dedup_concurrent, event_dedup_within_retention, event_query,
+    event_reaccept_after_retention,
+};
 pub use state::{alerts, counters, kv, persistence, ping_and_name, sensors};
