@@ -4,7 +4,7 @@ use std::{path::Path, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{api::ApiConfig, datapath::DatapathConfig, detect::DetectConfig};
+use crate::{api::ApiConfig, datapath::DatapathConfig, detect::DetectConfig, events::EventsConfig};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -16,6 +16,8 @@ pub struct Config {
     pub control: ControlSection,
     pub api: ApiConfig,
     pub detect: DetectConfig,
+    /// Host events: exactly-once retention and failed-login thresholds (see `crate::events`).
+    pub events: EventsConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -96,6 +98,12 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
+    #[error("config file {path}: {field} {problem}")]
+    InvalidField {
+        path: String,
+        field: String,
+        problem: String,
+    },
 }
 
 impl Config {
@@ -107,7 +115,12 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        // The old tick-based failed-login rule now lives in [events]; old files keep working.
+        let (text, moved) = crate::events::migrate_legacy(text);
+        for note in moved {
+            log::warn!("config file {path}: {note}");
+        }
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_string(),
             source,
         })?;
@@ -138,6 +151,14 @@ impl Config {
                 path: path.into(),
                 field: "datapath.events_bytes",
                 problem: format!("{} is over the 1 GiB limit", d.events_bytes),
+            });
+        }
+        if let Err(errors) = self.events.validate() {
+            let first = &errors[0];
+            return Err(ConfigError::InvalidField {
+                path: path.into(),
+                field: first.field.clone(),
+                problem: first.error.clone(),
             });
         }
         Ok(())
@@ -180,6 +201,25 @@ mod tests {
         assert_eq!(c.store.redis.as_deref(), Some("redis://127.0.0.1:6390"));
         assert_eq!(c.control.hit_alert_cooldown, Duration::from_secs(5));
         let e = Config::parse("[control]\nhit_alert_cooldown = \"soon\"\n", "x").unwrap_err().to_string();
+        assert!(e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn events_section_and_legacy_failed_auth_migration() {
+        let c = Config::parse("[events.per_vm]\nmax_retry = 3\n[events.vms.web-1]\nban_time = \"2h\"\n", "x").unwrap();
+        assert_eq!(c.events.per_vm.max_retry, 3);
+        assert_eq!(c.events.per_vm.find_time, Duration::from_secs(600), "unset keys keep defaults");
+        assert_eq!(c.events.global.max_retry, 10);
+        assert_eq!(c.events.vms["web-1"].ban_time, Some(Duration::from_secs(7200)));
+        // The old tick rule is read as the per-VM rule, its per-sensor override as a VM override.
+        let old = "[detect.rules.failed_auth]\nmax_retry = 4\nfind_time = \"5m\"\nclass = \"ssh_brute_force\"\n\
+                   [detect.sensors.web-1.failed_auth]\nmax_retry = 0\n";
+        let c = Config::parse(old, "x").unwrap();
+        assert_eq!((c.events.per_vm.max_retry, c.events.per_vm.find_time), (4, Duration::from_secs(300)));
+        assert_eq!(c.events.vms["web-1"].enabled, Some(false), "max_retry 0 switched the rule off");
+        let e = Config::parse("[events.global]\nmax_retry = 0\n", "cfg.toml").unwrap_err().to_string();
+        assert!(e.contains("events.global.max_retry"), "{e}");
+        let e = Config::parse("[events.per_vm]\nfind_time = \"soon\"\n", "cfg.toml").unwrap_err().to_string();
         assert!(e.contains("soon"), "{e}");
     }
 

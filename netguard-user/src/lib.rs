@@ -8,4 +8,6 @@ pub mod client;
 pub mod detect;
 pub mod train;
 pub mod hostevents;
+pub mod events;
 pub mod sensor;
+pub mod geo;

@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// Read the auth log from its start instead of its end (only when no position was saved).
     #[arg(long)]
     auth_log_from_start: bool,
+    /// MaxMind GeoLite2-City or GeoLite2-Country .mmdb file for GET /api/v1/geo-attacks (also
+    /// `geoip_db` under [api] in the config file); checked at start.
+    #[arg(long, value_name = "PATH")]
+    geoip_db: Option<PathBuf>,
     /// Seconds between live summary lines.
     #[arg(long, default_value_t = 2)]
     summary_every: u64,

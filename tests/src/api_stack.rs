@@ -25,7 +25,10 @@ pub const AGENT: &str = "agent-token-for-tests-0123456789";
 pub struct StackOptions {
     pub datapath: DatapathConfig,
     pub control: ControlConfig,
+    /// `api.geoip_db` loads that database into the API state, as `--geoip-db` does.
     pub api: ApiConfig,
+    /// A Redis URL (e.g. [`crate::redis_server::RedisServer::url`]) instead of the embedded store.
+    pub redis_url: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -41,6 +44,7 @@ impl Default for StackOptions {
             name: name.into(),
             role,
             token: token.into(),
+            vm_id: None,
         })
         .collect();
         let api = ApiConfig {
@@ -54,6 +58,7 @@ impl Default for StackOptions {
                 ..ControlConfig::default()
             },
             api,
+            redis_url: None,
         }
     }
 }
@@ -78,23 +83,30 @@ impl Stack {
 
     /// Starts on an existing datapath (e.g. one the test attached to an interface).
     pub async fn start_with(dp: Datapath, state_dir: &Path, opts: StackOptions) -> Stack {
-        let store = netguard_store::open(&StoreOptions::new(
-            state_dir,
-            opts.control.sensor_id.clone(),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("opening the embedded store in {}: {e}", state_dir.display()));
+        let mut store_opts = StoreOptions::new(state_dir, opts.control.sensor_id.clone());
+        store_opts.redis_url.clone_from(&opts.redis_url);
+        let store = netguard_store::open(&store_opts).await.unwrap_or_else(|e| {
+            panic!(
+                "opening the store ({}) in {}: {e}",
+                opts.redis_url.as_deref().unwrap_or("embedded"),
+                state_dir.display()
+            )
+        });
         let dp = Arc::new(Mutex::new(dp));
         let control = Control::start(opts.control, dp.clone(), store)
             .await
             .expect("Control::start");
         let tokens = Tokens::new(opts.api.tokens.clone()).expect("test tokens");
-        let state = ApiState::new(
+        let mut state = ApiState::new(
             control.clone(),
             Arc::new(Metrics::new()),
             Arc::new(tokens),
             &opts.api,
         );
+        if let Some(path) = &opts.api.geoip_db {
+            let db = netguard_user::geo::GeoDb::open(path).unwrap_or_else(|e| panic!("{e}"));
+            state = state.with_geoip(Arc::new(db));
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");

@@ -3,8 +3,10 @@
 //! `tests/` and run as root through `cargo xtask test`.
 
 pub mod api_stack;
+pub mod daemon;
 pub mod fixtures;
 pub mod frames;
+pub mod mmdb;
 pub mod netns;
 pub mod prefixes;
 pub mod redis_server;

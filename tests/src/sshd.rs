@@ -201,3 +201,32 @@ pub fn word_file(dir: &Path, name: &str, words: &[String]) -> PathBuf {
     fs::write(&path, words.join("\n") + "\n").unwrap();
     path
 }
+
+/// hydra (`-t 1 -w 2`, one user, a word list) against the lab sshd from the attacker namespace, in the
+/// background, bounded by `timeout`; stopped on drop. `-w 2`: after sshd's MaxAuthTries disconnect,
+/// hydra otherwise waits its default 32 s before it reconnects.
+pub struct Hydra(Child);
+
+impl Hydra {
+    pub fn start(ns: &str, cwd: &Path, words: &str, user: &str, v6: bool) -> std::io::Result<Hydra> {
+        let target = hydra_target(v6);
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "timeout", "-k", "2", "40"])
+            .args(["hydra", "-l", user, "-P", words, "-t", "1", "-w", "2", "-I", &target])
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Hydra(child))
+    }
+}
+
+impl Drop for Hydra {
+    fn drop(&mut self) {
+        // `ip netns exec` execs `timeout` in place: SIGTERM to it is passed on to hydra.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}

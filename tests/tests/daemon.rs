@@ -4,66 +4,18 @@
 //! the embedded store.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
+use netguard_tests::daemon::{Daemon, netguard_bin};
 use netguard_tests::netns::{ATTACKER_V4, NetnsPair, SENSOR_IF, SENSOR_V4, ping, require_root, run_in};
 
 const TOKEN: &str = "daemon-test-admin-token-0123456789";
 const API: &str = "127.0.0.1:9749";
 
-fn netguard_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("netguard");
-    assert!(bin.exists(), "{} is missing: `cargo build -p netguard-user --bin netguard` (cargo xtask test does)", bin.display());
-    bin
-}
-
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(lab: &NetnsPair, state: &std::path::Path) -> Daemon {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lab.sensor])
-            .arg(netguard_bin())
-            .args(["run", "--iface", SENSOR_IF, "--xdp-mode", "skb", "--listen", API, "--summary-every", "60", "--state-dir"])
-            .arg(state)
-            .env("NETGUARD_ADMIN_TOKEN", TOKEN)
-            .env("RUST_BACKTRACE", "0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("netguard starts");
-        let d = Daemon(child);
-        let start = Instant::now();
-        while !curl(lab, "/api/v1/health").contains("\"attached\":true") {
-            assert!(start.elapsed() < Duration::from_secs(20), "daemon not healthy within 20 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        d
-    }
-
-    /// SIGTERM, then the exit status and everything it logged.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        // SAFETY: plain kill(2) on our child's pid (`ip netns exec` execs netguard in place).
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let out = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
-        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn curl(lab: &NetnsPair, path: &str) -> String {
-    let auth = format!("Authorization: Bearer {TOKEN}");
-    let out = run_in(&lab.sensor, &["curl", "-s", "-m", "5", "-H", &auth, &format!("http://{API}{path}")]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn launch(lab: &NetnsPair, state: &std::path::Path) -> Daemon {
+    Daemon::start(lab, state, API, TOKEN, &[])
 }
 
 fn cli(lab: &NetnsPair, args: &[&str]) -> String {
@@ -90,7 +42,7 @@ fn daemon_blocks_alerts_reports_and_restores() {
     let (attacker, other) = (ATTACKER_V4[1].to_string(), ATTACKER_V4[2].to_string());
     let sensor = SENSOR_V4.to_string();
 
-    let daemon = Daemon::start(&lab, state.path());
+    let daemon = launch(&lab, state.path());
     assert_eq!(ping(&lab.attacker, &attacker, &sensor, 2).received, 2, "traffic flows before the block");
 
     let added = cli(&lab, &["block", "add", &attacker, "--ttl", "1h", "--reason", "daemon test"]);
@@ -101,7 +53,7 @@ fn daemon_blocks_alerts_reports_and_restores() {
     // The kernel reported the blocked source; the daemon turned it into a stored alert.
     let start = Instant::now();
     let alerts = loop {
-        let a = curl(&lab, "/api/v1/alerts?class=blocklist_hit");
+        let a = daemon.get("/api/v1/alerts?class=blocklist_hit");
         if a.contains(&attacker) {
             break a;
         }
@@ -110,7 +62,7 @@ fn daemon_blocks_alerts_reports_and_restores() {
     };
     assert!(alerts.contains("\"action\":\"blocked\""), "{alerts}");
 
-    let metrics = curl(&lab, "/metrics");
+    let metrics = daemon.get("/metrics");
     let value = |name: &str| -> f64 {
         metrics
             .lines()
@@ -131,7 +83,7 @@ fn daemon_blocks_alerts_reports_and_restores() {
     assert_eq!(ping(&lab.attacker, &attacker, &sensor, 2).received, 2, "nothing enforces while stopped");
 
     // A restart restores the block from the embedded store before serving.
-    let daemon = Daemon::start(&lab, state.path());
+    let daemon = launch(&lab, state.path());
     assert_eq!(ping(&lab.attacker, &attacker, &sensor, 2).received, 0, "block not restored after restart");
     let removed = cli(&lab, &["block", "del", &attacker]);
     assert!(removed.contains("1 entry"), "{removed}");

@@ -100,6 +100,16 @@ async fn schemathesis_finds_no_contract_violation() {
     let mut opts = StackOptions::default();
     opts.datapath.blocklist_v4_max = 1 << 16;
     opts.datapath.blocklist_v6_max = 1 << 16;
+    // A GeoIP database (written by netguard_tests::mmdb), so that /geo-attacks is fuzzed past its
+    // documented 503 "geoip_unavailable", like a sensor started with --geoip-db.
+    let geo = dir.path().join("GeoLite2-City.mmdb");
+    let mut w = netguard_tests::mmdb::Writer::new("GeoLite2-City", 6);
+    w.insert(
+        "203.0.113.0/24".parse().unwrap(),
+        netguard_tests::mmdb::city_record("GB", "United Kingdom", "London"),
+    );
+    w.write(&geo).expect("write the test GeoIP database");
+    opts.api.geoip_db = Some(geo);
     let mut dp = netguard_tests::fixtures::load(&opts.datapath);
     {
         let _in_ns = lab.enter_sensor();

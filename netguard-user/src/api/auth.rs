@@ -100,6 +100,11 @@ pub struct TokenConfig {
     pub name: String,
     pub role: Role,
     pub token: String,
+    /// Agent tokens only: the VM (sensor id) this agent reports for. Its events without a
+    /// `source_vm_id` are tagged with it, and events for any other VM are refused. An agent token
+    /// without one tags such events with its `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
 }
 
 impl fmt::Debug for TokenConfig {
@@ -107,6 +112,7 @@ impl fmt::Debug for TokenConfig {
         f.debug_struct("TokenConfig")
             .field("name", &self.name)
             .field("role", &self.role)
+            .field("vm_id", &self.vm_id)
             .field("token", &"<redacted>")
             .finish()
     }
@@ -117,6 +123,8 @@ impl fmt::Debug for TokenConfig {
 pub struct Principal {
     pub name: String,
     pub role: Role,
+    /// The VM an agent token is bound to (`vm_id` in `[[api.tokens]]`).
+    pub vm_id: Option<String>,
 }
 
 /// The accepted tokens.
@@ -143,6 +151,8 @@ pub enum TokenError {
     TooShort { name: String, len: usize },
     #[error("API tokens `{0}` and `{1}` are identical; give each holder its own token")]
     Duplicate(String, String),
+    #[error("API token `{name}`: {problem}")]
+    VmId { name: String, problem: String },
     #[error("could not {action} the admin token file {}: {source}; check that --state-dir exists and is writable by root", path.display())]
     File {
         action: &'static str,
@@ -172,10 +182,26 @@ impl Tokens {
             {
                 return Err(TokenError::Duplicate(p.name.clone(), t.name));
             }
+            if let Some(vm) = &t.vm_id {
+                let problem = if t.role != Role::Agent {
+                    Some("vm_id binds agent tokens to a VM; remove it from this token or give it the agent role".to_owned())
+                } else {
+                    netguard_store::types::validate_sensor_id(vm)
+                        .err()
+                        .map(|e| format!("vm_id: {e}"))
+                };
+                if let Some(problem) = problem {
+                    return Err(TokenError::VmId {
+                        name: t.name,
+                        problem,
+                    });
+                }
+            }
             entries.push((
                 Principal {
                     name: t.name,
                     role: t.role,
+                    vm_id: t.vm_id,
                 },
                 token.as_bytes().to_vec(),
             ));
@@ -198,6 +224,7 @@ impl Tokens {
                     name: ADMIN_TOKEN_ENV.into(),
                     role: Role::Admin,
                     token,
+                    vm_id: None,
                 });
                 AdminToken::Env
             }
@@ -209,6 +236,7 @@ impl Tokens {
                     name: "admin (generated)".into(),
                     role: Role::Admin,
                     token,
+                    vm_id: None,
                 });
                 AdminToken::File { path, created }
             }
@@ -389,6 +417,7 @@ mod tests {
             name: name.into(),
             role,
             token: token.into(),
+            vm_id: None,
         }
     }
 

@@ -32,6 +32,11 @@ pub struct ErrorBody {
     /// Every failing item of a validation error (a bulk request lists all of them, not just the first).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<Vec<FieldError>>,
+    /// A stable machine-readable reason where one error status has several causes (e.g.
+    /// "geoip_unavailable" for a 503 of `/geo-attacks`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "geoip_unavailable")]
+    pub code: Option<String>,
 }
 
 /// An error response: status plus [`ErrorBody`].
@@ -49,6 +54,7 @@ impl ApiError {
                 error: error.into(),
                 field: None,
                 items: None,
+                code: None,
             },
         }
     }
@@ -60,6 +66,12 @@ impl ApiError {
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.body.field = Some(field.into());
+        self
+    }
+
+    /// Sets [`ErrorBody::code`].
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.body.code = Some(code.into());
         self
     }
 

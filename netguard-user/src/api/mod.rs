@@ -9,9 +9,12 @@
 pub mod alerts_flows;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod lists;
+pub mod multivm;
 pub mod openapi;
+pub mod responses;
 pub mod seed;
 pub mod ws;
 
@@ -66,6 +69,9 @@ pub struct ApiConfig {
     /// is dropped.
     #[serde(with = "duration_text")]
     pub ws_write_timeout: Duration,
+    /// MaxMind GeoLite2-City/Country .mmdb file for `GET /api/v1/geo-attacks` (`--geoip-db`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geoip_db: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -78,6 +84,7 @@ impl Default for ApiConfig {
             ws_queue: 1024,
             ws_ping_interval: Duration::from_secs(20),
             ws_write_timeout: Duration::from_secs(10),
+            geoip_db: None,
         }
     }
 }
@@ -113,6 +120,10 @@ pub struct ApiState {
     pub started: Instant,
     pub(crate) limits: Limits,
     pub(crate) hub: Arc<ws::Hub>,
+    /// Host events and thresholds (`POST /events`, `/thresholds`); see [`ApiState::with_events`].
+    pub events: crate::events::Events,
+    /// The `--geoip-db` database ([`ApiState::with_geoip`]).
+    pub(crate) geo: Option<Arc<crate::geo::GeoDb>>,
 }
 
 #[derive(Clone, Debug)]
@@ -137,7 +148,14 @@ impl ApiState {
                 write_timeout: cfg.ws_write_timeout,
             },
         );
+        let events = crate::events::Events::new(
+            control.clone(),
+            metrics.clone(),
+            crate::events::EventsConfig::default(),
+            false,
+        );
         Self {
+            events,
             control,
             metrics,
             tokens,
@@ -147,6 +165,7 @@ impl ApiState {
                 request_timeout: cfg.request_timeout,
             },
             hub,
+            geo: None,
         }
     }
 
@@ -184,6 +203,8 @@ pub fn router(state: ApiState) -> Router {
         .route(&api("/block/per-vm"), post(seed::block_per_vm))
         .route(&api("/block/{ip}"), delete(seed::unblock))
         .route(&api("/blocked-ips"), get(seed::blocked_ips))
+        .merge(multivm::routes())
+        .merge(events::routes())
         .route(&api("/openapi.json"), get(openapi::spec))
         .route("/openapi.json", get(openapi::spec_root))
         .route("/metrics", get(health::metrics))

@@ -84,8 +84,10 @@ impl Modify for Security {
 pub fn document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_pretty_json()
+        let mut doc = ApiDoc::openapi();
+        doc.merge(super::multivm::MultiVmDoc::openapi());
+        doc.merge(super::events::EventsDoc::openapi());
+        doc.to_pretty_json()
             .expect("the OpenAPI document serialises")
     })
 }

@@ -11,6 +11,7 @@
 //! `Metrics` is cheap to clone (every field is an `Arc` inside) and every method takes `&self`, so the
 //! API, the detector and the store can each hold a copy.
 
+mod hostevents;
 mod kernel;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ use prometheus::{
 };
 
 use crate::datapath::{Datapath, DatapathError};
+pub use hostevents::{EventResult, EventSource, HostEventMetrics};
 
 /// `Content-Type` of [`Metrics::render`]'s output (text exposition format 0.0.4).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -88,6 +90,7 @@ pub struct Metrics {
     store_queued_writes: IntGauge,
     store_up: IntGauge,
     datapath_attached: IntGauge,
+    host_events: HostEventMetrics,
 }
 
 impl Default for Metrics {
@@ -191,6 +194,7 @@ impl Metrics {
         // A histogram family with no series is not rendered at all; the scrape route itself is a
         // request that will exist on every instrumented sensor.
         http.with_label_values(&["GET", "/metrics", "200"]);
+        let host_events = HostEventMetrics::register(&registry);
 
         Self {
             registry,
@@ -203,7 +207,14 @@ impl Metrics {
             store_queued_writes,
             store_up,
             datapath_attached,
+            host_events,
         }
+    }
+
+    /// Host-event counters (`netguard_host_events_total`, `netguard_event_blocks_total`, the
+    /// auth-log tailer's `netguard_authlog_*`).
+    pub fn host_events(&self) -> &HostEventMetrics {
+        &self.host_events
     }
 
     /// The registry, for components that export their own (bounded-label) metrics.

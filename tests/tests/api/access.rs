@@ -214,7 +214,7 @@ async fn metrics_use_route_templates_and_kernel_counters() {
 }
 
 /// Every route the router serves, by method and template.
-const ROUTES: [(&str, &str); 17] = [
+const ROUTES: [(&str, &str); 29] = [
     ("get", "/api/v1/health"),
     ("get", "/metrics"),
     ("get", "/api/v1/blocklist"),
@@ -230,6 +230,19 @@ const ROUTES: [(&str, &str); 17] = [
     ("post", "/api/v1/block/per-vm"),
     ("delete", "/api/v1/block/{ip}"),
     ("get", "/api/v1/blocked-ips"),
+    ("get", "/api/v1/suspicious-ips"),
+    ("get", "/api/v1/statistics"),
+    ("get", "/api/v1/statistics/global"),
+    ("get", "/api/v1/feed"),
+    ("get", "/api/v1/vms"),
+    ("post", "/api/v1/vms"),
+    // Before the DELETE below, which unregisters the VM the loop checks with.
+    ("get", "/api/v1/vms/{vm_id}/attacks"),
+    ("delete", "/api/v1/vms/{vm_id}"),
+    ("get", "/api/v1/geo-attacks"),
+    ("post", "/api/v1/events"),
+    ("get", "/api/v1/thresholds"),
+    ("put", "/api/v1/thresholds"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/openapi.json"),
 ];
@@ -244,6 +257,16 @@ async fn openapi_describes_every_route() {
     let (st, doc) = call(&s, None, Method::GET, "/openapi.json", None).await;
     assert_eq!(st, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    // A registered VM, so that the `{vm_id}` routes below answer for a known VM.
+    let (st, body) = call(
+        &s,
+        Some(ADMIN),
+        Method::POST,
+        "/api/v1/vms",
+        Some(json!({"id": "route-check"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
     for (method, path) in ROUTES {
         let op = &doc["paths"][path][method];
         assert!(op.is_object(), "{method} {path} is not in the document");
@@ -262,7 +285,11 @@ async fn openapi_describes_every_route() {
             );
         }
         // Served, not just documented: the live router answers something other than 404/405.
-        let url = s.url(&path.replace("{ip}", "192.0.2.1"));
+        let url = s.url(
+            &path
+                .replace("{ip}", "192.0.2.1")
+                .replace("{vm_id}", "route-check"),
+        );
         let resp = http(Some(ADMIN))
             .request(method.to_uppercase().parse().unwrap(), url)
             .send()

@@ -1,0 +1,108 @@
+//! The real `netguard run` process inside a test namespace pair: started with the flags a test
+//! needs, ready once `/api/v1/health` says the program is attached, stopped with SIGTERM. Its log goes
+//! to a file in the state directory (a pipe nobody reads would block a chatty daemon).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use crate::netns::{NetnsPair, SENSOR_IF, run_in};
+
+/// The `netguard` binary of the profile the caller was built with: next to a bench binary
+/// (`target/<profile>/`), or one level up from a test (`target/<profile>/deps/`).
+pub fn netguard_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dirs = exe.ancestors().skip(1).take(2);
+    let found = dirs.map(|d| d.join("netguard")).find(|b| b.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "no netguard binary next to {}: `cargo build [--release] -p netguard-user --bin netguard` (cargo xtask test and bench do)",
+            exe.display()
+        )
+    })
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    ns: String,
+    api: String,
+    token: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// `netguard run` in the sensor namespace on its veth (skb mode), the API on `api` (loopback inside
+    /// that namespace), state in `state`, plus `extra` flags. Waits up to 20 s for it to be healthy.
+    pub fn start(lab: &NetnsPair, state: &Path, api: &str, token: &str, extra: &[&str]) -> Daemon {
+        let log = state.join("netguard.log");
+        let out = File::create(&log).expect("daemon log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.sensor])
+            .arg(netguard_bin())
+            .args(["run", "--iface", SENSOR_IF, "--xdp-mode", "skb", "--listen", api])
+            .args(["--summary-every", "60", "--state-dir"])
+            .arg(state)
+            .args(extra)
+            .env("NETGUARD_ADMIN_TOKEN", token)
+            .env("RUST_BACKTRACE", "0")
+            .stdout(out.try_clone().expect("dup log fd"))
+            .stderr(out)
+            .spawn()
+            .expect("netguard starts");
+        let d = Daemon {
+            child: Some(child),
+            ns: lab.sensor.clone(),
+            api: api.to_string(),
+            token: token.to_string(),
+            log,
+        };
+        let start = Instant::now();
+        while !d.get("/api/v1/health").contains("\"attached\":true") {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon not healthy within 20 s: {}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    /// GET `path` with the admin token; the body, or "" when the daemon does not answer.
+    pub fn get(&self, path: &str) -> String {
+        let auth = format!("Authorization: Bearer {}", self.token);
+        let url = format!("http://{}{path}", self.api);
+        let out = run_in(&self.ns, &["curl", "-s", "-m", "5", "-H", &auth, &url]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// GET `path` as JSON (panics with the body when it is not JSON).
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let body = self.get(path);
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// What the daemon has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status and everything it logged.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: plain kill(2) on our child's pid (`ip netns exec` execs netguard in place).
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().expect("wait for netguard");
+        (status, self.log_text())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
