@@ -76,6 +76,36 @@ pub fn mixes(files: &Files) -> Vec<Step> {
     vec![mix(&BEN_A, files), mix(&BEN_B, files)]
 }
 
+/// Bulk transfers at a ladder of rates, `secs` each: iperf3 UDP at 2-50 Mbit/s from ben-b and TCP
+/// capped at 5 Mbit/s up to unlimited from ben-a. A UDP stream at a few thousand datagrams a second
+/// from one port is what a flood from a fixed port also looks like in packets per flow; the rates and
+/// sizes in between are what tell them apart.
+pub fn rates(secs: u32) -> Vec<Step> {
+    let s4 = SENSOR_V4;
+    let limit = Duration::from_secs(u64::from(secs) * 4 + 20);
+    let (a, b) = (BEN_A.v4[2], BEN_B.v4[2]);
+    vec![
+        sh(
+            &BEN_B,
+            b.into(),
+            limit,
+            format!(
+                "for r in 2 8 20 50; do iperf3 -c {s4} -B {b} -p {} -u -b ${{r}}M -l 1200 -t {secs} >/dev/null; done",
+                IPERF_PORTS[3]
+            ),
+        ),
+        sh(
+            &BEN_A,
+            a.into(),
+            limit,
+            format!(
+                "for r in 5M 20M 100M 0; do iperf3 -c {s4} -B {a} -p {} -b $r -t {secs} >/dev/null; done",
+                IPERF_PORTS[2]
+            ),
+        ),
+    ]
+}
+
 /// Bulk transfers: iperf3 TCP (two streams) from ben-a and UDP at `udp_mbit` from ben-b, each `secs`
 /// long, plus a parallel burst of `curls` HTTP requests.
 pub fn bulk(secs: u32, udp_mbit: u32, curls: u32) -> Vec<Step> {

@@ -36,7 +36,7 @@ use crate::{setup, util};
 
 #[derive(clap::Args, Debug)]
 pub struct LabArgs {
-    /// The short plan (about 2-3 minutes, one scenario per class) for tests, instead of ~11 minutes.
+    /// The short plan (about 2-3 minutes, one scenario per class) for tests, instead of about 18 minutes.
     #[arg(long)]
     pub quick: bool,
     /// Where the labelled files and MANIFEST.md go (default: target/lab-data). Cleared first; a

@@ -1,6 +1,6 @@
 //! The scenarios: which real tools run, from which addresses, with which parameters. Every flood has a
 //! packet count (hping3 -c) and runs under `timeout`; every scan has --max-retries and --host-timeout;
-//! every brute force has a fixed word list and a time bound. The default plan takes about 12 minutes,
+//! every brute force has a fixed word list and a time bound. The default plan takes about 18 minutes,
 //! `--quick` about 2.5. A scenario's class comes from its name's prefix, so the two cannot disagree.
 
 use std::collections::HashSet;
@@ -278,6 +278,7 @@ pub fn plan(quick: bool, files: &Files) -> Vec<Scenario> {
     p.benign_mix("benign_mix", 60);
     p.add("benign_bulk", "iperf3 TCP/UDP and a curl burst", MIX, 12, benign::bulk(10, 30, 100));
     p.add("benign_ssh_http", "15 ssh logins with 1 MiB upload; HTTP bursts", MIX, 25, benign::ssh_http(files, 15));
+    p.add("benign_rates", "iperf3 UDP at 2-50 Mbit/s and TCP at 5 Mbit/s-unlimited, 6 s per rate", MIX, 24, benign::rates(6));
     p.add("benign_quiet", "1 ping/s from every benign address, v4 and v6, 20 s", ALONE, 20, benign::quiet(20));
 
     p.add("syn_flood_80_1k", "one source", MIX, 15, vec![hping(a, 1, "-S -p 80", 1000, 15)]);
@@ -325,6 +326,50 @@ pub fn plan(quick: bool, files: &Files) -> Vec<Scenario> {
     p.add("ssh_brute_force_users_slow", "8 users, paced, cut at 60 s", ALONE, 60, vec![brute(a, 2, false, &o, 60)]);
     let o = format!("-6 -l {LAB_USER} -P {short} -t 2");
     p.add("ssh_brute_force_v6", "hydra over IPv6, 100 passwords, all wrong", MIX, 27, vec![brute(b, 3, true, &o, 60)]);
+
+    // Every attacker address at once, each at its own rate: four times the attack rows per second of
+    // lab time, at rates between those of the single-source runs above. Tools that cannot bind
+    // (connect scans, hydra, medusa) take their namespace's route source, so those run one per namespace.
+    let syn4 = vec![
+        hping(a, 1, "-S -p 80", 300, 22), hping(a, 2, "-S -p 22", 800, 22),
+        hping(b, 3, "-S -p 443", 1500, 22), hping(b, 4, "-S -p 8443", 100, 22),
+    ];
+    p.add("syn_flood_four_sources", "four sources, 100-1500 pps, open and closed ports", MIX, 22, syn4);
+    let udp4 = vec![
+        hping(a, 1, "--udp -p 7 -d 128", 400, 22), hping(a, 2, "--udp -p 53 -d 40", 1500, 22),
+        hping(b, 3, "--udp -p 5000 -d 900", 250, 22), hping(b, 4, "--udp -p 123 -d 48", 150, 22),
+    ];
+    p.add("udp_flood_four_sources", "four sources, 150-1500 pps, 40-900 byte payloads", MIX, 22, udp4);
+    let icmp4 = vec![
+        hping(a, 1, "--icmp -d 56", 1500, 22), hping(a, 2, "--icmp -d 300", 300, 22),
+        hping(b, 3, "--icmp -d 1000", 500, 22), hping(b, 4, "--icmp -d 20", 120, 22),
+    ];
+    p.add("icmp_flood_four_sources", "four sources, 120-1500 pps, 20-1000 byte payloads", MIX, 22, icmp4);
+    let scan4 = vec![
+        nmap(a, 1, false, "-sS -T3 -p 1-3000 --max-rate 60", 55),
+        nmap(a, 2, false, "-sS -T4 -p 1-9000 --max-rate 300", 45),
+        nmap(b, 3, false, "-sT -T3 -p 2000-6000 --max-rate 120", 50),
+        nmap(b, 4, false, "-sU -T4 -p 1-400 --max-rate 40", 55),
+    ];
+    p.add("port_scan_four_sources", "four sources, SYN, connect and UDP scans at 40-300 probes/s", MIX, 40, scan4);
+    let (h1, h2) = (format!("-l {LAB_USER} -P {miss} -t 2"), format!("medusa -u {LAB_USER} -P {miss} -t 2"));
+    let ssh2 = vec![brute(a, 2, false, &h1, 50), brute(b, 4, false, &h2, 50)];
+    // hping3 counts the source port up by default, so every packet is a new flow; with -k it keeps one
+    // port and the whole flood is one flow, as a simple flooder or a reflected stream is.
+    let fixed_udp = vec![
+        hping(a, 1, "--udp -s 40000 -k -p 9000 -d 512", 800, 20),
+        hping(b, 3, "--udp -s 40001 -k -p 53 -d 100", 2500, 20),
+    ];
+    p.add("udp_flood_fixed_ports", "two sources, one source port each (-k)", MIX, 20, fixed_udp);
+    let fixed_syn = vec![
+        hping(a, 2, "-S -s 40002 -k -p 80", 1000, 20),
+        hping(b, 4, "-S -s 40003 -k -p 8080", 300, 20),
+    ];
+    p.add("syn_flood_fixed_ports", "two sources, one source port each (-k)", MIX, 20, fixed_syn);
+    p.add("ssh_brute_force_two_tools", "hydra and medusa at once, two tasks each, cut at 50 s", MIX, 50, ssh2);
+    let (h3, h4) = (format!("-L {users} -P {short} -t 1"), format!("-l {LAB_USER} -P {miss} -t 3"));
+    let ssh3 = vec![brute(a, 1, false, &h3, 45), brute(b, 3, false, &h4, 45)];
+    p.add("ssh_brute_force_two_sources", "two hydras: user list at one task, one user at three tasks", MIX, 45, ssh3);
     p.list
 }
 
@@ -441,7 +486,7 @@ mod tests {
             total(true)
         );
         assert!(
-            (600..=900).contains(&total(false)),
+            (900..=1300).contains(&total(false)),
             "full plan {} s",
             total(false)
         );

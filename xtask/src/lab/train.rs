@@ -1,6 +1,12 @@
-//! `cargo xtask train [-- args]`: builds the daemon and runs `netguard train --data DIR [args]` on the
-//! lab's labelled data set. The training itself (model, metrics) belongs to the daemon's subcommand;
-//! this only gets it built and started the same way every time.
+//! `cargo xtask train [-- args]`: builds the daemon and runs `netguard train --data DIR [args]` on a
+//! labelled data set. The training itself (model, metrics) belongs to the daemon's subcommand; this
+//! only gets it built and started the same way every time.
+//!
+//! Without `--data` it trains on the data set shipped in the repository
+//! (netguard-user/models/lab-data), with `netguard train`'s default parameters and fixed seed, which
+//! rewrites netguard-user/models/default.json and default.md byte for byte as shipped. A fresh lab run
+//! (`cargo xtask lab`, into target/lab-data) is trained with `--data target/lab-data`; to ship it,
+//! record it with `cargo xtask lab --out netguard-user/models/lab-data` and train again.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,7 +17,8 @@ use crate::util;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// The labelled data set directory (default: target/lab-data, where `cargo xtask lab` writes).
+    /// The labelled data set directory (default: the shipped one, netguard-user/models/lab-data;
+    /// `cargo xtask lab` writes target/lab-data).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Arguments passed on to `netguard train`.
@@ -19,9 +26,15 @@ pub struct TrainArgs {
     pub args: Vec<String>,
 }
 
+/// The data set the shipped model was trained on, relative to the workspace root.
+pub const SHIPPED_DATA: &str = "netguard-user/models/lab-data";
+
 pub fn cmd(args: &TrainArgs) -> Result<()> {
     let target = super::target_dir();
-    let data = args.data.clone().unwrap_or_else(|| target.join("lab-data"));
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(|| util::workspace_root().join(SHIPPED_DATA));
     if !data.join("MANIFEST.md").exists() {
         bail!(
             "{} holds no lab data set (no MANIFEST.md): run `cargo xtask lab` (or `--quick`) first, or pass --data DIR",
