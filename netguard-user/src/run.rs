@@ -15,6 +15,7 @@ use netguard_user::{
     api,
     config::Config,
     control::{Control, ControlConfig, PushEvent},
+    events::Events,
     datapath::{Datapath, EventStream, flow_dst, flow_src},
     metrics::Metrics,
     hostevents::{self, HostEvent, HostEventKind},
@@ -31,6 +32,8 @@ struct Settings {
     record_features: Option<std::path::PathBuf>,
     auth_log: Option<std::path::PathBuf>,
     auth_log_from_start: bool,
+    /// The `--geoip-db` database, opened and checked before anything is attached.
+    geoip: Option<Arc<netguard_user::geo::GeoDb>>,
 }
 
 fn hostname() -> String {
@@ -55,6 +58,17 @@ fn settings(args: &RunArgs) -> Result<Settings> {
     if let Some(l) = args.listen {
         config.api.listen = l;
     }
+    if let Some(g) = &args.geoip_db {
+        config.api.geoip_db = Some(g.clone());
+    }
+    let geoip = match &config.api.geoip_db {
+        Some(path) => {
+            let db = netguard_user::geo::GeoDb::open(path)?;
+            log::info!("GeoIP: {} ({}) for /api/v1/geo-attacks", path.display(), db.database_type());
+            Some(Arc::new(db))
+        }
+        None => None,
+    };
     if args.dry_run {
         config.detect.response.dry_run = true;
     }
@@ -70,6 +84,7 @@ fn settings(args: &RunArgs) -> Result<Settings> {
         record_features: args.record_features.clone(),
         auth_log: args.auth_log.clone().or_else(netguard_user::hostevents::default_auth_log),
         auth_log_from_start: args.auth_log_from_start,
+        geoip,
     })
 }
 
@@ -150,7 +165,13 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         ),
         other => log::info!("admin token from {other:?}"),
     }
-    let state = api::ApiState::new(control.clone(), metrics.clone(), Arc::new(tokens), &s.config.api);
+    let mut state = api::ApiState::new(control.clone(), metrics.clone(), Arc::new(tokens), &s.config.api);
+    // One host-event engine for the API and the auth-log fast path, so both count into one tracker.
+    let host_events = Events::new(control.clone(), metrics.clone(), s.config.events.clone(), s.config.detect.response.dry_run);
+    state = state.with_events(host_events.clone());
+    if let Some(geo) = s.geoip.clone() {
+        state = state.with_geoip(geo);
+    }
     let listen = s.config.api.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -179,6 +200,7 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         None => log::warn!("detection: no model found, threshold rules only (make one with `cargo xtask lab` and `cargo xtask train`)"),
     }
     let mut sensor = SensorLoop::new(&s.config.detect, &s.sensor_id, model, dp.clone(), control.clone());
+    sensor.export_metrics(&metrics);
     if let Some(path) = &s.record_features {
         sensor.record_to(path).with_context(|| format!("cannot write feature records to {}", path.display()))?;
         log::info!("recording feature vectors to {}", path.display());
@@ -190,8 +212,13 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
             let offsets = hostevents::StoreOffsets::new(control.store().clone(), path);
             // The handle stops the tailer when dropped: keep it for the daemon's lifetime.
             let handle = hostevents::spawn_authlog(path, opts, offsets, tx);
+            metrics.host_events().watch_authlog(handle.counters());
+            // Fast path: each event is counted (and blocked on) as it arrives, then handed on to the
+            // detector's failed-login features.
+            let (to_detector, rx_detector) = tokio::sync::mpsc::channel(4096);
+            tokio::spawn(host_events.clone().follow_authlog(rx, Some(to_detector)));
             log::info!("following {} for failed logins", path.display());
-            Some((handle, rx))
+            Some((handle, rx_detector))
         }
         None => None,
     };

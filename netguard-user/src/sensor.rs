@@ -14,11 +14,13 @@ use std::{
 
 use chrono::Utc;
 use netguard_store::{EntrySource, ListKind};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 
 use crate::{
     control::{Control, ControlError},
     datapath::Datapath,
     detect::{DetectConfig, Detector, Extractor, ExtractorStats, FeatureVector, Model, mono_coarse_now_ns, record_row, write_record_header},
+    metrics::Metrics,
 };
 
 /// Where the shipped model lives in the source tree; `netguard run` loads it unless told otherwise.
@@ -34,7 +36,91 @@ pub struct TickReport {
     pub extractor: ExtractorStats,
 }
 
+/// The detection loop's own metrics (DESIGN.md lists the names): per-source state against its cap,
+/// what the cap cost, how long a tick takes and what the detector decided. Labels are classes and
+/// fixed words only.
+#[derive(Clone)]
+pub struct SensorMetrics {
+    sources_tracked: IntGauge,
+    sources_max: IntGauge,
+    evicted: IntCounter,
+    overflow_sources: IntGauge,
+    overflow_total: IntCounter,
+    vectors: IntCounter,
+    tick_seconds: Histogram,
+    decisions: IntCounterVec,
+    /// Last seen cumulative values, so that counters advance by the difference.
+    last_evicted: u64,
+    last_overflow_total: u64,
+}
+
+impl SensorMetrics {
+    /// Registers the metrics in `metrics`' registry.
+    pub fn register(metrics: &Metrics) -> Self {
+        let r = metrics.registry();
+        let g = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid gauge");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let c = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
+            r.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let tick_seconds = Histogram::with_opts(
+            HistogramOpts::new("netguard_detect_tick_seconds", "Time one detection tick takes: read the flow table, close the windows, evaluate.")
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )
+        .expect("valid histogram");
+        r.register(Box::new(tick_seconds.clone())).expect("registered once");
+        let decisions = IntCounterVec::new(
+            Opts::new("netguard_detect_decisions_total", "Detector verdicts that raised an alert, by class and outcome (blocked, alerted, refused)."),
+            &["class", "outcome"],
+        )
+        .expect("valid counter vec");
+        r.register(Box::new(decisions.clone())).expect("registered once");
+        for class in crate::metrics::ALERT_CLASSES.iter().filter(|c| **c != "blocklist_hit") {
+            for outcome in ["blocked", "alerted", "refused"] {
+                decisions.with_label_values(&[class, outcome]);
+            }
+        }
+        Self {
+            sources_tracked: g("netguard_detect_sources_tracked", "Sources with their own feature windows now."),
+            sources_max: g("netguard_detect_sources_max", "Cap on sources with their own windows (detect.features.max_sources)."),
+            evicted: c("netguard_detect_sources_evicted_total", "Sources that lost (or never got) their own windows because of the cap."),
+            overflow_sources: g("netguard_detect_overflow_sources", "Distinct sources folded into the overflow aggregate in the last tick (estimate); nonzero under spoofed-source floods."),
+            overflow_total: c("netguard_detect_overflow_sources_total", "Sum of netguard_detect_overflow_sources over all ticks."),
+            vectors: c("netguard_detect_vectors_total", "Per-source feature vectors evaluated."),
+            tick_seconds,
+            decisions,
+            last_evicted: 0,
+            last_overflow_total: 0,
+        }
+    }
+
+    fn observe(&mut self, r: &TickReport, seconds: f64) {
+        let s = &r.extractor;
+        self.sources_tracked.set(i64::try_from(s.tracked_sources).unwrap_or(i64::MAX));
+        self.sources_max.set(i64::try_from(s.max_sources).unwrap_or(i64::MAX));
+        self.overflow_sources.set(i64::try_from(s.overflow_sources).unwrap_or(i64::MAX));
+        self.evicted.inc_by(s.evicted_total.saturating_sub(self.last_evicted));
+        self.last_evicted = s.evicted_total;
+        self.overflow_total.inc_by(s.overflow_sources_total.saturating_sub(self.last_overflow_total));
+        self.last_overflow_total = s.overflow_sources_total;
+        self.vectors.inc_by(r.vectors as u64);
+        self.tick_seconds.observe(seconds);
+    }
+
+    fn decision(&self, class: &str, outcome: &str) {
+        self.decisions
+            .with_label_values(&[crate::metrics::alert_class_label(class), outcome])
+            .inc();
+    }
+}
+
 pub struct SensorLoop {
+    metrics: Option<SensorMetrics>,
     dp: Arc<Mutex<Datapath>>,
     control: Control,
     extractor: Extractor,
@@ -56,6 +142,7 @@ pub fn load_model(explicit: Option<&Path>) -> Result<Option<Model>, crate::detec
 impl SensorLoop {
     pub fn new(cfg: &DetectConfig, sensor_id: &str, model: Option<Model>, dp: Arc<Mutex<Datapath>>, control: Control) -> Self {
         Self {
+            metrics: None,
             dp,
             control,
             extractor: Extractor::new(cfg.features.clone()),
@@ -64,6 +151,11 @@ impl SensorLoop {
             recorder: None,
             ticks: 0,
         }
+    }
+
+    /// Exports the loop's metrics (sources tracked against the cap, evictions, tick time, decisions).
+    pub fn export_metrics(&mut self, metrics: &Metrics) {
+        self.metrics = Some(SensorMetrics::register(metrics));
     }
 
     /// Writes every closed window's vector to `path` (CSV with the schema line), for `cargo xtask lab`.
@@ -81,6 +173,15 @@ impl SensorLoop {
     }
 
     pub async fn tick(&mut self) -> Result<TickReport, crate::datapath::DatapathError> {
+        let start = std::time::Instant::now();
+        let report = self.tick_inner().await?;
+        if let Some(m) = self.metrics.as_mut() {
+            m.observe(&report, start.elapsed().as_secs_f64());
+        }
+        Ok(report)
+    }
+
+    async fn tick_inner(&mut self) -> Result<TickReport, crate::datapath::DatapathError> {
         self.ticks += 1;
         // With a million active flows, reading the table and updating the windows takes 0.3-0.6 s:
         // tell tokio this worker is busy so other tasks (the API, the event reader) move elsewhere.
@@ -107,9 +208,26 @@ impl SensorLoop {
             self.detector.set_allowlist(allow.into_iter().filter(|v| v.enforced).map(|v| v.entry.cidr).collect());
         }
         for mut d in self.detector.evaluate(&vectors) {
+            let mut outcome = "alerted";
             if let Some(b) = &d.block {
+                let until = chrono::Duration::from_std(b.ttl).ok().and_then(|t| Utc::now().checked_add_signed(t));
+                if let Some(e) = self.control.blocked_until(b.cidr.addr(), until).await {
+                    // Already dropped here for at least as long (an event-path block at the N-th
+                    // failed login, a manual or an earlier block): replacing it would only change
+                    // its source and reason.
+                    d.alert.evidence.insert("already_blocked".into(), format!("{} (source {:?})", e.cidr, e.source).to_lowercase().into());
+                    if let Some(m) = &self.metrics {
+                        m.decision(&d.alert.class, "blocked");
+                    }
+                    report.alerts += 1;
+                    self.control.raise_alert(d.alert).await;
+                    continue;
+                }
                 match self.control.put(ListKind::Block, &[b.to_request()], EntrySource::Auto).await {
-                    Ok(_) => report.blocks += 1,
+                    Ok(_) => {
+                        report.blocks += 1;
+                        outcome = "blocked";
+                    }
                     Err(e) => {
                         // E.g. the source is allowlisted: the alert stands, the block does not.
                         if !matches!(e, ControlError::Invalid(_)) {
@@ -119,8 +237,12 @@ impl SensorLoop {
                         self.detector.forget_block(b.cidr.addr());
                         d.alert.action = "alerted".into();
                         d.alert.evidence.insert("block_refused".into(), e.to_string().into());
+                        outcome = "refused";
                     }
                 }
+            }
+            if let Some(m) = &self.metrics {
+                m.decision(&d.alert.class, outcome);
             }
             report.alerts += 1;
             self.control.raise_alert(d.alert).await;

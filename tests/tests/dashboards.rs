@@ -123,7 +123,10 @@ fn metric_names(expr: &str, histograms: &BTreeSet<String>) -> BTreeSet<String> {
 
 /// (families with HELP, histogram families) of a fresh exposition.
 fn exported() -> (BTreeSet<String>, BTreeSet<String>) {
-    let text = Metrics::new().render();
+    // The daemon's exposition: the base metrics plus those the detection loop registers at start.
+    let m = Metrics::new();
+    netguard_user::sensor::SensorMetrics::register(&m);
+    let text = m.render();
     let helped = text
         .lines()
         .filter_map(|l| l.strip_prefix("# HELP "))

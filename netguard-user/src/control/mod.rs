@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use netguard_store::{Alert, AlertQuery, EntrySource, ListEntry, ListKind, Scope, Store, StoreError};
 use tokio::sync::{Notify, broadcast};
@@ -152,6 +152,23 @@ impl Control {
             Scope::Global => true,
             Scope::Sensor(id) => *id == self.inner.cfg.sensor_id,
         }
+    }
+
+    /// The blocklist entry that makes this sensor drop `ip` from now until at least `until` (None:
+    /// for good), if there is one: the most specific such entry.
+    pub async fn blocked_until(&self, ip: std::net::IpAddr, until: Option<DateTime<Utc>>) -> Option<ListEntry> {
+        let mirror = self.inner.mirror.lock().await;
+        mirror
+            .list(ListKind::Block)
+            .values()
+            .filter(|e| self.applies(&e.scope) && e.cidr.contains(&ip))
+            .filter(|e| match (e.expires_at, until) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(t), Some(u)) => t >= u,
+            })
+            .max_by_key(|e| e.cidr.prefix_len())
+            .cloned()
     }
 
     fn dp(&self) -> std::sync::MutexGuard<'_, Datapath> {

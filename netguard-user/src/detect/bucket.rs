@@ -2,6 +2,8 @@
 //! what the windows are made of, and where the per-flow rules of the feature schema live (which ports
 //! count, what is half-open).
 
+use std::net::IpAddr;
+
 use netguard_common::{FlowKey, FlowStats, proto};
 
 use super::{
@@ -33,6 +35,56 @@ pub(crate) struct Bucket {
     pub sources: u32,
     pub ports: Bits<4>,
     pub hosts: Bits<4>,
+    /// Where this tick's traffic went, for the alert's `dst_ip`/`dst_port`.
+    pub dest: Dest,
+}
+
+/// The destination of a source's traffic in one tick: one host (and one port, when all of its TCP/UDP
+/// flows went to the same one), or several hosts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dest {
+    #[default]
+    Nothing,
+    One { ip: IpAddr, port: Option<u16> },
+    Several,
+}
+
+impl Dest {
+    /// `ip:port` joined in; `port` is None for traffic without ports (ICMP, fragments).
+    pub fn add(&mut self, ip: IpAddr, port: Option<u16>) {
+        *self = match *self {
+            Dest::Nothing => Dest::One { ip, port },
+            Dest::One { ip: i, port: p } if i == ip => Dest::One {
+                ip,
+                port: if p == port { p } else { None },
+            },
+            Dest::One { .. } | Dest::Several => Dest::Several,
+        };
+    }
+
+    pub fn merge(&mut self, o: Dest) {
+        match o {
+            Dest::Nothing => {}
+            Dest::One { ip, port } => self.add(ip, port),
+            Dest::Several => *self = Dest::Several,
+        }
+    }
+
+    /// The host, when there was one.
+    pub fn ip(self) -> Option<IpAddr> {
+        match self {
+            Dest::One { ip, .. } => Some(ip),
+            _ => None,
+        }
+    }
+
+    /// The port, when there was one host and one port.
+    pub fn port(self) -> Option<u16> {
+        match self {
+            Dest::One { port, .. } => port,
+            _ => None,
+        }
+    }
 }
 
 pub(crate) fn sat(x: u64) -> u32 {
@@ -42,7 +94,8 @@ pub(crate) fn sat(x: u64) -> u32 {
 impl Bucket {
     /// `salt` keys the distinct-count hashes: random per process, so that a scanner cannot pick ports
     /// that share one bit of the sketch to look like a single-port client.
-    pub fn add_flow(&mut self, key: &FlowKey, st: &FlowStats, d: &FlowDelta, salt: u64) {
+    /// `ssh` says whether the flow's destination port is one of sshd's (`detect.features.ssh_ports`).
+    pub fn add_flow(&mut self, key: &FlowKey, st: &FlowStats, d: &FlowDelta, salt: u64, ssh: bool) {
         self.packets += d.packets;
         self.bytes += d.bytes;
         if d.packets > 0 {
@@ -62,7 +115,7 @@ impl Bucket {
         }
         if d.new {
             self.new_flows = self.new_flows.saturating_add(1);
-            if key.proto == proto::TCP && key.dst_port == 22 && st.syn > 0 {
+            if ssh && key.proto == proto::TCP && st.syn > 0 {
                 self.ssh_new = self.ssh_new.saturating_add(1);
             }
         }
@@ -72,6 +125,12 @@ impl Bucket {
             ));
         }
         self.hosts.insert(mix64(salt ^ hash16(&key.dst)));
+        if d.packets > 0 {
+            let port = matches!(key.proto, proto::TCP | proto::UDP)
+                .then_some(key.dst_port)
+                .filter(|p| *p != 0);
+            self.dest.add(crate::datapath::flow_dst(key), port);
+        }
     }
 
     pub fn merge(&mut self, o: &Bucket) {
@@ -96,6 +155,7 @@ impl Bucket {
         }
         self.ports.union(&o.ports);
         self.hosts.union(&o.hosts);
+        self.dest.merge(o.dest);
     }
 
     pub fn active(&self) -> bool {

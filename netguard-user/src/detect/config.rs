@@ -23,6 +23,11 @@ pub struct DetectConfig {
     /// unanswered SYN is not evidence of anything, and a spoofed flood is judged on its aggregate
     /// (`0.0.0.0`) instead of one packet per forged address. Rules are not affected.
     pub model_min_packets: u32,
+    /// Model verdicts on the aggregate of untracked and small sources (`0.0.0.0`) need at least this
+    /// many distinct sources in it: a spoofed flood folds thousands of forged addresses into it (the
+    /// lab's spoofed floods: 1,100-1,600 per second), while neighbour discovery and a few stray
+    /// one-packet senders are not a flood.
+    pub aggregate_min_sources: u32,
     /// One alert per source and class per cooldown; repeats are counted into the next one.
     #[serde(with = "duration_str")]
     pub alert_cooldown: Duration,
@@ -42,6 +47,7 @@ impl Default for DetectConfig {
             model: None,
             min_confidence: 0.6,
             model_min_packets: 5,
+            aggregate_min_sources: 64,
             alert_cooldown: Duration::from_secs(60),
             max_tracked: 65_536,
             features: ExtractorConfig::default(),
@@ -216,6 +222,8 @@ pub struct ExtractorConfig {
     /// Flows idle this long are forgotten (their next packets are re-baselined, costing one tick).
     #[serde(with = "super::duration_str")]
     pub flow_forget_after: Duration,
+    /// TCP ports sshd listens on: new connections to them make the `ssh_new_flows_10s` feature.
+    pub ssh_ports: Vec<u16>,
 }
 
 impl Default for ExtractorConfig {
@@ -226,6 +234,7 @@ impl Default for ExtractorConfig {
             tick: Duration::from_secs(1),
             min_packets: 5,
             flow_forget_after: Duration::from_secs(60),
+            ssh_ports: vec![22],
         }
     }
 }

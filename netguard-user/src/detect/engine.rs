@@ -18,7 +18,7 @@ use super::{
     features::{F, FEATURES, FeatureVector},
     mitre,
     model::Model,
-    rules::{self, AuthWindow, Compiled, FailedAuthRule},
+    rules::{self, Compiled},
     windows::OVERFLOW_SRC,
 };
 use crate::control::EntryRequest;
@@ -67,7 +67,6 @@ struct SrcState {
     last_seen: Option<DateTime<Utc>>,
     /// Class index (into CLASSES or RULE_CLASSES by name) and consecutive windows it was seen.
     streak: Option<(String, u32)>,
-    auth: AuthWindow,
     marks: Vec<Mark>,
     offenses: u32,
     last_offense: Option<DateTime<Utc>>,
@@ -88,7 +87,6 @@ pub struct Detector {
     cfg: DetectConfig,
     sensor_id: String,
     model: Option<Model>,
-    failed_auth: Option<FailedAuthRule>,
     thresholds: Vec<Compiled>,
     allow: Vec<IpNet>,
     state: HashMap<IpAddr, SrcState>,
@@ -97,7 +95,7 @@ pub struct Detector {
 impl Detector {
     pub fn new(cfg: DetectConfig, sensor_id: &str, model: Option<Model>) -> Self {
         let effective = cfg.rules.merged(cfg.sensors.get(sensor_id));
-        let (failed_auth, thresholds) = rules::compile(&effective);
+        let thresholds = rules::compile(&effective);
         if model.is_some() && cfg.features.long_window != Duration::from_secs(10) {
             log::warn!(
                 "detect.features.long_window is {} but the model's `_10s` features assume 10s: retrain for this window",
@@ -108,7 +106,6 @@ impl Detector {
             cfg,
             sensor_id: sensor_id.into(),
             model,
-            failed_auth,
             thresholds,
             allow: Vec::new(),
             state: HashMap::new(),
@@ -180,7 +177,16 @@ impl Detector {
             model_note = Some((p.class, p.confidence));
             let packets =
                 f64::from(v.get(F::PktsPerS10s)) * self.cfg.features.long_window.as_secs_f64();
+            // Only sources that sent in the closing tick are judged. A source that went quiet still
+            // has a full 10 s window and an empty 1 s one, a shape the lab never labels (it drops
+            // the windows that drain after the tools end): judging it would call the end of every
+            // bulk transfer an attack. An attack that goes on is judged on its next active tick.
+            let active = v.get(F::PktsPerS1s) > 0.0;
+            let aggregate_ok =
+                v.src != OVERFLOW_SRC || v.get(F::Sources) >= self.cfg.aggregate_min_sources as f32;
             if p.index != 0
+                && active
+                && aggregate_ok
                 && p.confidence >= self.cfg.min_confidence
                 && packets + 0.5 >= f64::from(self.cfg.model_min_packets)
             {
@@ -212,21 +218,6 @@ impl Detector {
                 c.extra.insert(k.into(), val);
             }
         };
-        if let Some(rule) = &self.failed_auth {
-            let st = self.state.entry(v.src).or_default();
-            let n = v.get(F::FailedAuth1s).max(0.0) as u32;
-            let total = st.auth.push(v.ts, n, rule);
-            if total >= rule.max_retry {
-                let note = serde_json::json!({ "failures": total, "max_retry": rule.max_retry,
-                    "find_time": humantime::format_duration(rule.find_time).to_string() });
-                hit(
-                    &rule.class,
-                    "failed_auth",
-                    vec![F::FailedAuth10s as usize],
-                    Some(("failed_auth", note)),
-                );
-            }
-        }
         for t in &self.thresholds {
             if t.fires(&v.values) {
                 hit(
@@ -368,8 +359,8 @@ impl Detector {
             sensor_id: self.sensor_id.clone(),
             class: class.into(),
             src_ip: v.src,
-            dst_ip: None,
-            dst_port: None,
+            dst_ip: v.dst_ip,
+            dst_port: v.dst_port,
             risk,
             confidence: cand.confidence,
             mitre: mitre(class).into(),
@@ -398,8 +389,7 @@ impl Detector {
         )
         .unwrap_or(chrono::Duration::MAX);
         self.state.retain(|_, s| {
-            s.last_seen.is_some_and(|t| now - t < keep)
-                && (s.offenses > 0 || !s.auth.is_empty() || !s.marks.is_empty())
+            s.last_seen.is_some_and(|t| now - t < keep) && (s.offenses > 0 || !s.marks.is_empty())
         });
         if self.state.len() >= self.cfg.max_tracked {
             let mut by_age: Vec<(Option<DateTime<Utc>>, IpAddr)> = self
@@ -459,25 +449,14 @@ fn risk(
     v: &FeatureVector,
     confidence: f32,
     streak: u32,
-    extra: &serde_json::Map<String, serde_json::Value>,
+    _extra: &serde_json::Map<String, serde_json::Value>,
 ) -> u8 {
     let g = |f: F| f64::from(v.get(f));
     let (x, reference) = match class {
         "syn_flood" => (g(F::SynPerS1s).max(g(F::SynPerS10s)), 5_000.0),
         "udp_flood" | "icmp_flood" => (g(F::PktsPerS1s).max(g(F::PktsPerS10s)), 10_000.0),
         "port_scan" => (g(F::DstPorts10s), 500.0),
-        "ssh_brute_force" | "brute_force" => {
-            let in_find_time = extra
-                .get("failed_auth")
-                .and_then(|f| f["failures"].as_f64())
-                .unwrap_or(0.0);
-            (
-                g(F::FailedAuth10s)
-                    .max(g(F::SshNewFlows10s))
-                    .max(in_find_time),
-                50.0,
-            )
-        }
+        "ssh_brute_force" | "brute_force" => (g(F::FailedAuth10s).max(g(F::SshNewFlows10s)), 50.0),
         _ => (g(F::PktsPerS1s), 10_000.0),
     };
     let rate = ((1.0 + x.max(0.0)).ln() / (1.0f64 + reference).ln()).min(1.0);

@@ -99,6 +99,10 @@ pub struct FeatureVector {
     /// When the window closed.
     pub ts: DateTime<Utc>,
     pub values: Vec<f32>,
+    /// Where the source sent in the closing tick, when that was one host (and port): the alert's
+    /// `dst_ip` and `dst_port`. Not a feature: the model never sees it.
+    pub dst_ip: Option<IpAddr>,
+    pub dst_port: Option<u16>,
 }
 
 impl FeatureVector {

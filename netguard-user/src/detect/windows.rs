@@ -217,11 +217,12 @@ impl Extractor {
         in_window: bool,
     ) {
         let (tick, seq, salt) = (self.tick, self.obs_seq, self.salt);
+        let ssh = self.cfg.ssh_ports.contains(&key.dst_port);
         let active = d.packets > 0;
         if let Some(s) = self.sources.get_mut(&src) {
             if active {
                 s.last_active = tick;
-                s.bucket(tick).add_flow(key, st, d, salt);
+                s.bucket(tick).add_flow(key, st, d, salt, ssh);
             }
             if in_window {
                 s.gauges(seq).add_flow(key, st);
@@ -238,7 +239,7 @@ impl Extractor {
             if self.pending.len() >= self.pending_cap() || src.is_unspecified() {
                 self.overflow_hll.insert(hash_ip(&src));
                 self.overflow.last_active = tick;
-                self.overflow.bucket(tick).add_flow(key, st, d, salt);
+                self.overflow.bucket(tick).add_flow(key, st, d, salt, ssh);
                 if in_window {
                     self.overflow.gauges(seq).add_flow(key, st);
                 }
@@ -254,7 +255,7 @@ impl Extractor {
             gauge_seq: seq,
         });
         if active {
-            p.bucket.add_flow(key, st, d, salt);
+            p.bucket.add_flow(key, st, d, salt, ssh);
         }
         if in_window {
             if p.gauge_seq != seq {
@@ -513,5 +514,7 @@ fn vector(
         src,
         ts: now,
         values: features::compute(&view),
+        dst_ip: short.dest.ip(),
+        dst_port: short.dest.port(),
     }
 }

@@ -175,6 +175,8 @@ fn a_recording_round_trips_exact_values() {
         src: "2001:db8::1".parse().unwrap(),
         ts: chrono::Utc::now(),
         values: (0..FEATURES.len()).map(|i| i as f32 / 3.0 + 1e-7).collect(),
+        dst_ip: None,
+        dst_port: None,
     };
     let mut buf = Vec::new();
     write_record_header(&mut buf).unwrap();
@@ -195,4 +197,31 @@ fn a_recording_round_trips_exact_values() {
     let ds = read_dataset(dir.path(), &mut |_| {}).unwrap();
     assert_eq!(ds.labels, vec![4]);
     assert_eq!(ds.x.row(0).to_vec(), v.values);
+}
+
+/// `cargo xtask train` (no arguments) must rewrite the shipped model and report byte for byte: the
+/// shipped data set, the parameters the model records, the fixed seed.
+#[test]
+fn the_shipped_model_and_report_are_reproduced_from_the_shipped_data() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model_path = root.join("models/default.json");
+    let shipped = Model::load(&model_path).expect("the shipped model loads");
+    assert_eq!(
+        shipped.params,
+        TrainParams::default(),
+        "the shipped model was trained with non-default parameters: `cargo xtask train` would not reproduce it"
+    );
+    let data = read_dataset(&root.join("models/lab-data"), &mut |_| {}).unwrap();
+    assert_eq!(data.summary.fingerprint, shipped.report.data.fingerprint, "shipped data set changed since training");
+    let again = train(&data, &shipped.params, &mut |_| {}).unwrap();
+    assert!(
+        again.to_json() == std::fs::read_to_string(&model_path).unwrap(),
+        "retraining gives a different model: run `cargo xtask train` and commit the result"
+    );
+    assert_eq!(
+        report_markdown(&again),
+        std::fs::read_to_string(root.join("models/default.md")).unwrap(),
+        "the shipped report does not match the model"
+    );
+    assert!(again.report.macro_f1 > 0.9, "macro F1 {}", again.report.macro_f1);
 }

@@ -3,8 +3,7 @@ use std::{net::IpAddr, time::Duration};
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::detect::{
-    DetectConfig, Detector, F, FEATURES, FailedAuthRule, FeatureVector, OVERFLOW_SRC, RulesConfig,
-    ThresholdRule,
+    DetectConfig, Detector, F, FEATURES, FeatureVector, OVERFLOW_SRC, RulesConfig, ThresholdRule,
 };
 
 fn t(secs: i64) -> DateTime<Utc> {
@@ -24,6 +23,8 @@ fn vector(src: &str, at: i64, set: &[(F, f32)]) -> FeatureVector {
         src: ip(src),
         ts: t(at),
         values,
+        dst_ip: None,
+        dst_port: None,
     }
 }
 
@@ -45,37 +46,17 @@ fn detector(cfg: DetectConfig, sensor: &str) -> Detector {
 }
 
 #[test]
-fn n_failures_within_find_time_fire_the_named_rule() {
-    let mut d = detector(DetectConfig::default(), "s1");
-    let mut fired = None;
-    for i in 0..5 {
-        let out = d.evaluate(&[vector("198.51.100.7", i * 30, &[(F::FailedAuth1s, 1.0)])]);
-        if !out.is_empty() {
-            fired = Some((i, out));
-            break;
-        }
-    }
-    let (i, out) = fired.expect("5 failures in 2.5 minutes fire the default 5-in-10m rule");
-    assert_eq!(i, 4, "on the 5th failure, not before");
-    let a = &out[0].alert;
-    assert_eq!(
-        (a.class.as_str(), a.mitre.as_str()),
-        ("ssh_brute_force", "T1110")
-    );
-    assert_eq!(a.evidence["rule"], "failed_auth");
-    assert_eq!(a.evidence["failed_auth"]["failures"], 5);
-    assert_eq!(a.confidence, 1.0);
-}
-
-#[test]
-fn failures_spread_beyond_find_time_do_not_fire() {
+fn failed_logins_alone_raise_nothing_at_a_tick() {
+    // The failed-login threshold moved to the host-event tracker (crate::events), which counts each
+    // event as it arrives; the tick detector only keeps the features for the model.
     let mut d = detector(DetectConfig::default(), "s1");
     for i in 0..20 {
-        let out = d.evaluate(&[vector("198.51.100.7", i * 200, &[(F::FailedAuth1s, 1.0)])]);
-        assert!(
-            out.is_empty(),
-            "one failure per 200 s is at most 3 per 10 minutes"
-        );
+        let out = d.evaluate(&[vector(
+            "198.51.100.7",
+            i,
+            &[(F::FailedAuth1s, 5.0), (F::FailedAuth10s, 50.0)],
+        )]);
+        assert!(out.is_empty(), "no tick rule on failed logins: {out:?}");
     }
 }
 
@@ -83,10 +64,6 @@ fn failures_spread_beyond_find_time_do_not_fire() {
 fn a_per_sensor_override_wins_over_the_global_rule() {
     let mut cfg = DetectConfig::default();
     let mut over = RulesConfig::inherit();
-    over.failed_auth = Some(FailedAuthRule {
-        max_retry: 2,
-        ..FailedAuthRule::default()
-    });
     over.thresholds.push(ThresholdRule {
         name: "syn_rate".into(),
         class: "syn_flood".into(),
@@ -95,22 +72,14 @@ fn a_per_sensor_override_wins_over_the_global_rule() {
     });
     cfg.sensors.insert("web-1".into(), over);
     cfg.validate().unwrap();
-    let auth = |at| vector("198.51.100.7", at, &[(F::FailedAuth1s, 1.0)]);
 
     let mut web = detector(cfg.clone(), "web-1");
-    assert!(web.evaluate(&[auth(0)]).is_empty());
-    assert_eq!(web.evaluate(&[auth(1)]).len(), 1, "max_retry 2 on web-1");
     assert!(
         web.evaluate(&[syn_flood("203.0.113.9", 2)]).is_empty(),
         "syn_rate is disabled on web-1"
     );
 
     let mut other = detector(cfg, "db-1");
-    assert!(other.evaluate(&[auth(0)]).is_empty());
-    assert!(
-        other.evaluate(&[auth(1)]).is_empty(),
-        "db-1 keeps the global 5"
-    );
     let out = other.evaluate(&[syn_flood("203.0.113.9", 2)]);
     assert_eq!(out[0].alert.evidence["rule"], "syn_rate");
 }
@@ -284,15 +253,14 @@ fn config_parses_from_toml_and_names_mistakes() {
         alert_cooldown = "2m"
         [features]
         max_sources = 10000
-        [rules.failed_auth]
-        max_retry = 3
-        find_time = "5m"
         [[rules.thresholds]]
         name = "scan"
         class = "port_scan"
         min = { dst_ports_10s = 50.0 }
-        [sensors.web-1.failed_auth]
-        max_retry = 10
+        [[sensors.web-1.thresholds]]
+        name = "scan"
+        class = "port_scan"
+        min = { dst_ports_10s = 80.0 }
         [response]
         dry_run = true
         ttl = { port_scan = "2h", syn_flood = "5m" }
@@ -417,4 +385,31 @@ fn a_confident_verdict_without_the_class_intensity_never_blocks() {
     let out = d.evaluate(&[flood]);
     assert!(out[0].block.is_some(), "risk {}", out[0].alert.risk);
     assert_eq!(out[0].alert.evidence["rule"], "model");
+}
+
+#[test]
+fn sources_quiet_in_the_closing_tick_and_thin_aggregates_are_not_judged_by_the_model() {
+    let cfg = DetectConfig {
+        rules: RulesConfig::inherit(),
+        alert_cooldown: Duration::ZERO,
+        ..DetectConfig::default()
+    };
+    let mut d = Detector::new(cfg, "s1", Some(paranoid_model()));
+    let busy = [(F::PktsPerS10s, 500.0), (F::PktsPerS1s, 800.0)];
+    // The same 10 s window, once while sending and once after the transfer ended.
+    assert_eq!(d.evaluate(&[vector("198.51.100.8", 0, &busy)]).len(), 1, "active: judged");
+    let drained = vector("198.51.100.9", 1, &[(F::PktsPerS10s, 500.0), (F::PktsPerS1s, 0.0)]);
+    assert!(d.evaluate(&[drained]).is_empty(), "quiet in the closing tick: not judged");
+
+    // The aggregate row: a handful of stray sources is not a flood, thousands of forged ones are.
+    let agg = |sources: f32, at| {
+        let mut v = vector("0.0.0.0", at, &busy);
+        v.values[F::Sources as usize] = sources;
+        v
+    };
+    assert!(d.evaluate(&[agg(3.0, 2)]).is_empty(), "3 sources");
+    let out = d.evaluate(&[agg(1500.0, 3)]);
+    assert_eq!(out.len(), 1, "1500 sources: {out:?}");
+    assert_eq!(out[0].alert.src_ip, OVERFLOW_SRC);
+    assert!(out[0].block.is_none(), "the aggregate is never blocked");
 }

@@ -407,3 +407,49 @@ fn sources_too_small_to_judge_alone_are_judged_together() {
         "still tracked: each may grow into a source of its own"
     );
 }
+
+#[test]
+fn ssh_connections_count_on_the_configured_ports_only() {
+    // sshd on 2222 here: connections to 22 are nothing special, connections to 2222 are.
+    let cfg = ExtractorConfig {
+        ssh_ports: vec![2222],
+        ..ExtractorConfig::default()
+    };
+    let mut s = Sim::new(cfg, 4);
+    s.tick();
+    for i in 0..7u16 {
+        s.tcp_conn(A, DST, 41000 + i, 2222, 3);
+        s.tcp_conn(A, DST, 42000 + i, 22, 3);
+    }
+    let v = Sim::of(&s.tick(), A).unwrap();
+    assert_eq!(v.get(F::SshNewFlows10s), 7.0);
+
+    let mut s = sim();
+    s.tick();
+    for i in 0..5u16 {
+        s.tcp_conn(A, DST, 41000 + i, 22, 3);
+        s.tcp_conn(A, DST, 42000 + i, 2222, 3);
+    }
+    let v = Sim::of(&s.tick(), A).unwrap();
+    assert_eq!(v.get(F::SshNewFlows10s), 5.0, "port 22 by default");
+}
+
+#[test]
+fn the_closing_tick_names_one_destination_host_and_port_or_none() {
+    let mut s = sim();
+    s.tick();
+    const B: [u8; 4] = [192, 0, 2, 11];
+    const C: [u8; 4] = [192, 0, 2, 12];
+    for i in 0..50u16 {
+        s.pkt(key(A, DST, 1024 + i, 80, proto::TCP), 54, tf::SYN);
+        s.pkt(key(B, DST, 2000, 1000 + i, proto::TCP), 58, tf::SYN);
+        s.pkt(key(C, [10, 0, 0, (i % 3) as u8 + 1], 3000, 53, proto::UDP), 80, 0);
+    }
+    let out = s.tick();
+    let flood = Sim::of(&out, A).unwrap();
+    assert_eq!((flood.dst_ip, flood.dst_port), (Some(v4(DST)), Some(80)), "one host, one port");
+    let scan = Sim::of(&out, B).unwrap();
+    assert_eq!((scan.dst_ip, scan.dst_port), (Some(v4(DST)), None), "one host, many ports");
+    let sweep = Sim::of(&out, C).unwrap();
+    assert_eq!((sweep.dst_ip, sweep.dst_port), (None, None), "several hosts");
+}
