@@ -248,9 +248,19 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
 async fn detect(mut sensor: SensorLoop, flows_now: Arc<AtomicU64>, mut auth: Option<tokio::sync::mpsc::Receiver<HostEvent>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Between ticks, a look at the kernel's pass counter: a surge closes the window early.
+    let mut probe = tokio::time::interval(Duration::from_millis(100));
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = probe.tick() => {
+                if !sensor.surging() {
+                    continue;
+                }
+                // The next regular tick comes a full second after this one.
+                tick.reset();
+            }
             ev = async { match auth.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                 match ev {
                     // One FailedPassword per guessed password; PAM and invalid-user lines repeat it.

@@ -10,6 +10,7 @@ use std::{
     net::IpAddr,
     path::Path,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use chrono::Utc;
@@ -119,7 +120,62 @@ impl SensorMetrics {
     }
 }
 
+/// Decides when to close a window early: when, since the last close, packets passed at a rate of at
+/// least `min_pps`, or new flows were created at a rate of at least a fifth of that (a scan: every
+/// probe a new flow, few packets), and at `FACTOR` times the rate of the last closed window. It fires at
+/// the onset of a surge, not throughout one: after the early close, the surge is the new baseline.
+#[derive(Clone, Debug)]
+pub struct SurgeTrigger {
+    min_pps: f64,
+    /// When the last window closed, and the kernel's [packets passed, flows created] then.
+    last_close: Option<(Instant, [u64; 2])>,
+    /// Per-second rates of the last closed window, in the same order.
+    baseline: [f64; 2],
+}
+
+impl SurgeTrigger {
+    pub const FACTOR: f64 = 3.0;
+    /// Windows shorter than this are never closed early: too few packets to judge.
+    pub const MIN_WINDOW: Duration = Duration::from_millis(200);
+
+    pub fn new(min_pps: u32) -> Self {
+        Self {
+            min_pps: f64::from(min_pps),
+            last_close: None,
+            baseline: [0.0; 2],
+        }
+    }
+
+    /// A window closed at `at`, with the kernel's totals so far: [packets passed, flows created].
+    pub fn closed(&mut self, at: Instant, totals: [u64; 2]) {
+        if let Some((t, prev)) = self.last_close {
+            let secs = at.saturating_duration_since(t).as_secs_f64();
+            if secs > 0.0 {
+                for i in 0..2 {
+                    self.baseline[i] = totals[i].saturating_sub(prev[i]) as f64 / secs;
+                }
+            }
+        }
+        self.last_close = Some((at, totals));
+    }
+
+    /// Whether the open window should close now, given the kernel's totals at `at`.
+    pub fn surging(&self, at: Instant, totals: [u64; 2]) -> bool {
+        let Some((t, prev)) = self.last_close else { return false };
+        let open = at.saturating_duration_since(t);
+        if self.min_pps <= 0.0 || open < Self::MIN_WINDOW {
+            return false;
+        }
+        let floors = [self.min_pps, self.min_pps / 5.0];
+        (0..2).any(|i| {
+            let rate = totals[i].saturating_sub(prev[i]) as f64 / open.as_secs_f64();
+            rate >= floors[i] && rate >= Self::FACTOR * self.baseline[i]
+        })
+    }
+}
+
 pub struct SensorLoop {
+    surge: SurgeTrigger,
     metrics: Option<SensorMetrics>,
     dp: Arc<Mutex<Datapath>>,
     control: Control,
@@ -142,6 +198,7 @@ pub fn load_model(explicit: Option<&Path>) -> Result<Option<Model>, crate::detec
 impl SensorLoop {
     pub fn new(cfg: &DetectConfig, sensor_id: &str, model: Option<Model>, dp: Arc<Mutex<Datapath>>, control: Control) -> Self {
         Self {
+            surge: SurgeTrigger::new(cfg.surge_pps),
             metrics: None,
             dp,
             control,
@@ -172,8 +229,25 @@ impl SensorLoop {
         self.extractor.observe_failed_auth(src, count);
     }
 
+    /// The kernel's totals so far (all CPUs): [packets passed, flows created].
+    fn totals(&self) -> Option<[u64; 2]> {
+        use netguard_common::Counter;
+        let dp = self.dp.lock().expect("datapath lock poisoned");
+        let c = dp.counters().ok()?;
+        Some([c.get(Counter::PassPackets), c.get(Counter::FlowsCreated)])
+    }
+
+    /// Whether traffic surged since the last window closed, so that the caller should tick now (one
+    /// per-CPU counter lookup; cheap enough for every 100 ms).
+    pub fn surging(&self) -> bool {
+        self.totals().is_some_and(|t| self.surge.surging(Instant::now(), t))
+    }
+
     pub async fn tick(&mut self) -> Result<TickReport, crate::datapath::DatapathError> {
-        let start = std::time::Instant::now();
+        let start = Instant::now();
+        if let Some(t) = self.totals() {
+            self.surge.closed(start, t);
+        }
         let report = self.tick_inner().await?;
         if let Some(m) = self.metrics.as_mut() {
             m.observe(&report, start.elapsed().as_secs_f64());
@@ -257,5 +331,38 @@ impl SensorLoop {
             log::error!("feature recording stopped: {e}");
             self.recorder = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(t0: Instant, n: u64) -> Instant {
+        t0 + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_surge_closes_the_window_early_once_and_only_when_loud() {
+        let t0 = Instant::now();
+        let mut s = SurgeTrigger::new(1000);
+        assert!(!s.surging(t0, [1_000_000, 0]), "nothing closed yet: no reference");
+        s.closed(t0, [0, 0]);
+        assert!(!s.surging(ms(t0, 100), [500, 0]), "a window under 200 ms is never closed early");
+        assert!(s.surging(ms(t0, 300), [600, 0]), "2000 pps from quiet");
+        assert!(!s.surging(ms(t0, 300), [200, 50]), "667 pps and 167 new flows/s are below the floors");
+        assert!(s.surging(ms(t0, 300), [200, 90]), "300 new flows/s: a scan");
+
+        // Steady 2000 pps: not a surge; triple that is.
+        s.closed(ms(t0, 1000), [2000, 10]);
+        assert!(!s.surging(ms(t0, 1300), [2600, 12]));
+        assert!(s.surging(ms(t0, 1300), [4000, 12]));
+        // After an early close, the surge is the baseline.
+        s.closed(ms(t0, 1300), [4000, 12]);
+        assert!(!s.surging(ms(t0, 1600), [6000, 14]), "still 6667 pps: no second early close");
+
+        let mut off = SurgeTrigger::new(0);
+        off.closed(t0, [0, 0]);
+        assert!(!off.surging(ms(t0, 500), [1_000_000, 1_000_000]), "0 turns it off");
     }
 }

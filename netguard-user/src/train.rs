@@ -42,6 +42,10 @@ pub struct TrainArgs {
     /// Markdown report; default: the model path with a .md extension.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Do not train: evaluate this model on every row of --data and print its confusion matrix and
+    /// per-class figures (e.g. the shipped model on a fresh lab run). Writes nothing.
+    #[arg(long, value_name = "MODEL")]
+    pub evaluate: Option<PathBuf>,
 }
 
 /// Where `run` wrote its files.
@@ -50,6 +54,8 @@ pub struct TrainOutcome {
     pub model: Model,
     pub model_path: PathBuf,
     pub report_path: PathBuf,
+    /// With `--evaluate`: the model's figures on every row of the data.
+    pub evaluation: Option<TrainReport>,
 }
 
 fn default_out() -> PathBuf {
@@ -88,6 +94,19 @@ pub fn run(args: &TrainArgs) -> Result<TrainOutcome, DetectError> {
         data.labels.len(),
         t0.elapsed()
     ));
+    if let Some(path) = &args.evaluate {
+        let model = Model::load(path)?;
+        let report = evaluate_model(&model, data.x.view(), &data.labels);
+        println!("\n{} on every row of {}:\n", path.display(), args.data.display());
+        // Every row here, not a held-out share.
+        print!("{}", metrics_text(&report).replace("held-out rows", "rows"));
+        return Ok(TrainOutcome {
+            model,
+            model_path: path.clone(),
+            report_path: PathBuf::new(),
+            evaluation: Some(report),
+        });
+    }
     let model = train(&data, &params, &mut say)?;
     println!();
     print!("{}", metrics_text(&model.report));
@@ -116,6 +135,7 @@ pub fn run(args: &TrainArgs) -> Result<TrainOutcome, DetectError> {
         model,
         model_path,
         report_path,
+        evaluation: None,
     })
 }
 

@@ -28,6 +28,11 @@ pub struct DetectConfig {
     /// lab's spoofed floods: 1,100-1,600 per second), while neighbour discovery and a few stray
     /// one-packet senders are not a flood.
     pub aggregate_min_sources: u32,
+    /// Close the open window early (at least 200 ms after the last one) when, since it opened, packets
+    /// passed at this rate per second, or new flows were created at a fifth of it (a scan), and at three
+    /// times the previous window's rate: a flood or scan that starts just before a window closes is then
+    /// judged within a few hundred milliseconds instead of at the next tick. 0 turns it off.
+    pub surge_pps: u32,
     /// One alert per source and class per cooldown; repeats are counted into the next one.
     #[serde(with = "duration_str")]
     pub alert_cooldown: Duration,
@@ -48,6 +53,7 @@ impl Default for DetectConfig {
             min_confidence: 0.6,
             model_min_packets: 5,
             aggregate_min_sources: 64,
+            surge_pps: 1000,
             alert_cooldown: Duration::from_secs(60),
             max_tracked: 65_536,
             features: ExtractorConfig::default(),

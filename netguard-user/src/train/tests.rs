@@ -32,6 +32,7 @@ fn args(data: &Path, out: &Path) -> TrainArgs {
         max_per_class: None,
         out: Some(out.join("model.json")),
         report: None,
+        evaluate: None,
     }
 }
 
@@ -224,4 +225,22 @@ fn the_shipped_model_and_report_are_reproduced_from_the_shipped_data() {
         "the shipped report does not match the model"
     );
     assert!(again.report.macro_f1 > 0.9, "macro F1 {}", again.report.macro_f1);
+}
+
+#[test]
+fn evaluate_scores_a_given_model_on_every_row_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, 2, 12);
+    let trained = run(&args(&data, dir.path())).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    let mut a = args(&data, &elsewhere);
+    a.evaluate = Some(trained.model_path.clone());
+    let out = run(&a).unwrap();
+    assert!(!elsewhere.exists(), "evaluation wrote files");
+    let eval = out.evaluation.expect("an evaluation");
+    let rows: u64 = eval.confusion.iter().flatten().sum();
+    let all = trained.model.report.train_rows + trained.model.report.test_rows;
+    assert_eq!(rows as usize, all, "every row, not only the held-out ones");
+    assert!(eval.macro_f1 > 0.9, "{}", eval.macro_f1);
 }
