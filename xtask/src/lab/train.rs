@@ -35,9 +35,14 @@ pub fn cmd(args: &TrainArgs) -> Result<()> {
         .data
         .clone()
         .unwrap_or_else(|| util::workspace_root().join(SHIPPED_DATA));
-    if !data.join("MANIFEST.md").exists() {
+    // A lab run's directory, or one holding several runs (the shipped data set).
+    let has_manifest = |d: &std::path::Path| d.join("MANIFEST.md").is_file();
+    let runs = std::fs::read_dir(&data)
+        .map(|it| it.flatten().any(|e| has_manifest(&e.path())))
+        .unwrap_or(false);
+    if !has_manifest(&data) && !runs {
         bail!(
-            "{} holds no lab data set (no MANIFEST.md): run `cargo xtask lab` (or `--quick`) first, or pass --data DIR",
+            "{} holds no lab data set (no MANIFEST.md in it or in a directory below it): run `cargo xtask lab` (or `--quick`) first, or pass --data DIR",
             data.display()
         );
     }
