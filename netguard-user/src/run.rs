@@ -168,6 +168,10 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     let mut state = api::ApiState::new(control.clone(), metrics.clone(), Arc::new(tokens), &s.config.api);
     // One host-event engine for the API and the auth-log fast path, so both count into one tracker.
     let host_events = Events::new(control.clone(), metrics.clone(), s.config.events.clone(), s.config.detect.response.dry_run);
+    let replayed = host_events.restore_counts().await;
+    if replayed > 0 {
+        log::info!("failed-login counts restored from {replayed} stored host event(s)");
+    }
     state = state.with_events(host_events.clone());
     if let Some(geo) = s.geoip.clone() {
         state = state.with_geoip(geo);

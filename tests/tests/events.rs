@@ -715,3 +715,43 @@ async fn dry_run_alerts_without_blocking() {
     assert!(!text.contains("198.51.100.60"));
     s.stop().await;
 }
+
+/// A restart must not reset a brute force half-way: the counts come back from the stored events, and
+/// the failure that reaches the threshold after the restart blocks; the replay itself blocks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_survive_a_restart_of_the_engine() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = stack(dir.path(), "sensor-a", None).await;
+    let mut cfg = netguard_user::events::EventsConfig::default();
+    cfg.per_vm.max_retry = 5;
+    let engine = || {
+        netguard_user::events::Events::new(s.control.clone(), s.state.metrics.clone(), cfg.clone(), false)
+    };
+    let fail = |src: Ipv4Addr, n| now_event(n, "sensor-a", &src.to_string(), "ssh_failed");
+    let (a, b) = (Ipv4Addr::new(198, 51, 100, 61), Ipv4Addr::new(198, 51, 100, 62));
+    let first = engine();
+    let four: Vec<Value> = (0..4).flat_map(|n| [fail(a, n), fail(b, n)]).collect();
+    let r = first.ingest(&four, &Default::default()).await.unwrap();
+    assert_eq!((r.accepted, r.decisions.len()), (8, 0));
+
+    // A restarted engine that did not restore its counts needs five more failures from b.
+    let forgetful = engine();
+    let r = forgetful.ingest(&[fail(b, 10)], &Default::default()).await.unwrap();
+    assert_eq!((r.accepted, r.decisions.len()), (1, 0), "a fresh engine starts from zero");
+    assert_eq!(s.verdict(&frame_from(b)), XDP_PASS);
+
+    // One that restored them blocks a at its fifth failure, the first after the restart.
+    let restarted = engine();
+    assert_eq!(restarted.restore_counts().await, 9);
+    assert_eq!(s.verdict(&frame_from(a)), XDP_PASS);
+    let r = restarted.ingest(&[fail(a, 11)], &Default::default()).await.unwrap();
+    assert_eq!(r.decisions.len(), 1, "the 5th failure across the restart: {r:?}");
+    assert_eq!(s.verdict(&frame_from(a)), XDP_DROP);
+    // b reached five in the stored history (4 + 1 counted by the forgetful engine): the replay reached
+    // the threshold and did nothing, as its fifth failure had been acted on (here: not) live.
+    assert_eq!(s.verdict(&frame_from(b)), XDP_PASS, "the replay blocked b");
+    s.stop().await;
+}

@@ -167,6 +167,32 @@ impl Events {
         }
     }
 
+    /// Counts again the failed logins stored within the longest find time (every VM's, oldest first),
+    /// so that a restart does not reset a brute force half-way: the attempt that reaches the threshold
+    /// after the restart still blocks. A threshold reached during this replay acts on nothing: it was
+    /// acted on before the restart, and its block was restored from the store with the others. Returns
+    /// how many events were replayed; a store that cannot answer only costs the old counts.
+    pub async fn restore_counts(&self) -> usize {
+        let now = Utc::now();
+        let query = EventQuery {
+            since: now.checked_sub_signed(self.local_keep()),
+            ..EventQuery::default()
+        };
+        match self.inner.control.store().events(&query).await {
+            Ok(mut events) => {
+                events.sort_by_key(|e| (e.ts, e.received_at));
+                let refs: Vec<&HostEventRecord> = events.iter().collect();
+                let replayed_trips = self.count(&refs).len();
+                log::debug!("replayed {} stored host event(s) ({replayed_trips} old threshold(s) reached again, not acted on)", refs.len());
+                refs.len()
+            }
+            Err(e) => {
+                log::warn!("could not restore failed-login counts from the store ({e}); counting starts from zero");
+                0
+            }
+        }
+    }
+
     /// Counts local sshd events at once and acts on thresholds, then stores the new ones.
     pub async fn on_local(&self, batch: &[HostEvent]) -> LocalReport {
         let now = Utc::now();
