@@ -230,7 +230,14 @@ async fn host_events_during_an_outage_are_not_double_counted() {
         prefix: "resilience-events".into(),
     };
     let redis = RedisStore::connect(h.config("sensor-1")).await.unwrap();
-    let store = ResilientStore::new(Arc::new(redis), quick_retries(1000));
+    // The background retry waits 30 s, so that our queue is replayed only by the explicit flush below:
+    // the other sensor's write must land first, whatever the scheduling.
+    let slow_retries = ResilientConfig {
+        capacity: 1000,
+        min_backoff: Duration::from_secs(30),
+        max_backoff: Duration::from_secs(30),
+    };
+    let store = ResilientStore::new(Arc::new(redis), slow_retries);
     assert_eq!(
         store.record_events(&[host_event(1)], hour).await.unwrap(),
         [true]
