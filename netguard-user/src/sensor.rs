@@ -174,6 +174,20 @@ impl SurgeTrigger {
     }
 }
 
+/// One line per alert in the daemon's log (at most one per source and class per cooldown).
+fn log_alert(a: &netguard_store::Alert) {
+    let via = a.evidence.get("rule").and_then(|r| r.as_str()).unwrap_or("model");
+    let target = match (a.dst_ip, a.dst_port) {
+        (Some(ip), Some(port)) => format!(" -> {ip}:{port}"),
+        (Some(ip), None) => format!(" -> {ip}"),
+        _ => String::new(),
+    };
+    log::info!(
+        "alert: {} from {}{target} ({}, risk {}, {} {:.2}, {}, x{})",
+        a.class, a.src_ip, a.mitre, a.risk, via, a.confidence, a.action, a.count
+    );
+}
+
 pub struct SensorLoop {
     surge: SurgeTrigger,
     metrics: Option<SensorMetrics>,
@@ -294,6 +308,7 @@ impl SensorLoop {
                         m.decision(&d.alert.class, "blocked");
                     }
                     report.alerts += 1;
+                    log_alert(&d.alert);
                     self.control.raise_alert(d.alert).await;
                     continue;
                 }
@@ -319,6 +334,7 @@ impl SensorLoop {
                 m.decision(&d.alert.class, outcome);
             }
             report.alerts += 1;
+            log_alert(&d.alert);
             self.control.raise_alert(d.alert).await;
         }
         Ok(report)

@@ -16,6 +16,7 @@ use super::{
     auth::{Auth, Read, Write},
     error::{ApiError, ApiJson, ApiQuery, ErrorBody},
     lists::{ListQuery, put},
+    responses::BodyErrors,
 };
 use crate::control::{EntryRequest, EntryView};
 
@@ -133,12 +134,7 @@ async fn block_one(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Blocked", body = SeedBlocked),
-        (status = 400, description = "Invalid field", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Role too low", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "JSON of the wrong shape", body = ErrorBody),
-        (status = "default", description = "Error", body = ErrorBody),
+        BodyErrors,
     )
 )]
 pub async fn block(
@@ -166,12 +162,7 @@ pub async fn block(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Blocked on that sensor", body = SeedBlocked),
-        (status = 400, description = "Invalid field", body = ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = ErrorBody),
-        (status = 403, description = "Role too low", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "JSON of the wrong shape", body = ErrorBody),
-        (status = "default", description = "Error", body = ErrorBody),
+        BodyErrors,
     )
 )]
 pub async fn block_per_vm(
