@@ -24,6 +24,9 @@ const TOKEN: &str = "detection-test-admin-token-0123456789";
 /// its first full window (plus scheduling on two busy cores).
 const ALERT_WITHIN: Duration = Duration::from_secs(8);
 
+/// How long after an alert below the block threshold the block may follow: the next window or two.
+const BLOCK_WITHIN: Duration = Duration::from_secs(4);
+
 struct Case {
     lab: NetnsPair,
     daemon: Daemon,
@@ -58,17 +61,25 @@ fn spawn_attack(lab: &NetnsPair, limit: Duration, args: &[&str]) -> Child {
         .expect("attack tool starts")
 }
 
-/// Polls the alert list until one of `class` from `src` shows up; returns it and when it was seen.
-fn wait_alert(d: &Daemon, class: &str, src: &str, t0: Instant) -> (Value, Duration) {
+/// Polls the alert list until an alert of `class` from `src` that satisfies `want` shows up, at most
+/// `within` after `t0`; returns it and when it was seen.
+fn wait_alert(
+    d: &Daemon,
+    class: &str,
+    src: &str,
+    t0: Instant,
+    within: Duration,
+    want: impl Fn(&Value) -> bool,
+) -> (Value, Duration) {
     loop {
         let alerts = d.get_json(&format!("/api/v1/alerts?class={class}&src={src}"));
-        if let Some(a) = alerts.as_array().and_then(|a| a.first()) {
+        if let Some(a) = alerts.as_array().and_then(|a| a.iter().find(|a| want(a))) {
             return (a.clone(), t0.elapsed());
         }
-        if t0.elapsed() > ALERT_WITHIN {
+        if t0.elapsed() > within {
             let all = d.get("/api/v1/alerts");
             panic!(
-                "no {class} alert for {src} within {ALERT_WITHIN:?}; alerts: {all}\n{}",
+                "no such {class} alert for {src} within {within:?}; alerts: {all}\n{}",
                 d.log_text()
             );
         }
@@ -97,7 +108,7 @@ fn metric(d: &Daemon, series: &str) -> f64 {
 /// The common tail of an attack case: the alert's fields, the block, and the kernel dropping the
 /// attacker while a bystander still gets through.
 fn assert_detected_and_blocked(c: &Case, class: &str, mitre: &[&str], attacker: &str, port: Option<u16>, t0: Instant) {
-    let (alert, took) = wait_alert(&c.daemon, class, attacker, t0);
+    let (alert, took) = wait_alert(&c.daemon, class, attacker, t0, ALERT_WITHIN, |_| true);
     eprintln!("{class} from {attacker}: alerted after {took:?}: {alert}");
     // The target: the sensor, and the port when the attack had one.
     assert_eq!(alert["dst_ip"], SENSOR_V4.to_string(), "{alert}");
@@ -110,7 +121,20 @@ fn assert_detected_and_blocked(c: &Case, class: &str, mitre: &[&str], attacker: 
     assert_eq!(alert["sensor_id"].as_str().map(str::is_empty), Some(false));
     let risk = alert["risk"].as_u64().expect("risk");
     assert!((1..=100).contains(&risk), "risk {risk}");
-    assert_eq!(alert["action"], "blocked", "{alert}");
+    // A model verdict blocks once its risk reaches [response] min_risk (60). A flood's first window
+    // usually does; a scan whose first window closed early (at the onset surge) may hold only a few
+    // dozen ports, risk just under 60, and then blocks on the next window, with more ports and a
+    // streak of two. Either way the block must follow the first alert within BLOCK_WITHIN.
+    if alert["action"] != "blocked" {
+        assert_eq!(alert["action"], "alerted", "{alert}");
+        let confidence = alert["confidence"].as_f64().expect("confidence");
+        assert!(risk < 60 || confidence < 0.8, "risk {risk} and yet not blocked: {alert}");
+        let (blocked, took_block) = wait_alert(&c.daemon, class, attacker, t0, took + BLOCK_WITHIN, |a| {
+            a["action"] == "blocked"
+        });
+        eprintln!("{class} from {attacker}: blocked after {took_block:?}: {blocked}");
+        assert!(blocked["risk"].as_u64().expect("risk") >= 60, "{blocked}");
+    }
 
     let entry = block_entry(&c.daemon, attacker)
         .unwrap_or_else(|| panic!("{attacker} alerted as blocked but not in the blocklist"));

@@ -413,3 +413,41 @@ fn sources_quiet_in_the_closing_tick_and_thin_aggregates_are_not_judged_by_the_m
     assert_eq!(out[0].alert.src_ip, OVERFLOW_SRC);
     assert!(out[0].block.is_none(), "the aggregate is never blocked");
 }
+
+#[test]
+fn an_alert_under_the_block_risk_is_followed_by_a_block_within_the_cooldown() {
+    // The default cooldown: a repeat of the same class is normally only counted, but a window that
+    // now warrants a block must still get through. A scan whose first window closed early at the
+    // onset surge is this case in the lab: ~40 ports, risk 59, then a block on the next window.
+    let cfg = DetectConfig {
+        rules: RulesConfig::inherit(),
+        ..DetectConfig::default()
+    };
+    let mut d = Detector::new(cfg, "s1", Some(paranoid_model()));
+    let at = |s: i64, syn: f32| {
+        vector(
+            "203.0.113.7",
+            s,
+            &[
+                (F::PktsPerS1s, syn),
+                (F::PktsPerS10s, syn / 10.0),
+                (F::SynPerS1s, syn),
+                (F::ActiveSecs10s, 1.0),
+            ],
+        )
+    };
+    let first = d.evaluate(&[at(0, 100.0)]);
+    assert_eq!(first.len(), 1);
+    assert!(
+        first[0].block.is_none() && first[0].alert.risk < 60,
+        "risk {}",
+        first[0].alert.risk
+    );
+    // The next window, stronger and the second in a row, is over the block risk.
+    let second = d.evaluate(&[at(1, 1000.0)]);
+    assert_eq!(second.len(), 1, "the stronger window is sent despite the cooldown");
+    assert!(second[0].block.is_some(), "risk {}", second[0].alert.risk);
+    assert_eq!(second[0].alert.action, "blocked");
+    // Once blocked, further windows are only counted.
+    assert!(d.evaluate(&[at(2, 1000.0)]).is_empty());
+}
