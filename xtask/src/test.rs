@@ -62,6 +62,7 @@ pub fn cmd(args: &TestArgs) -> Result<()> {
     let (r, took) = util::timed(|| {
         util::run(util::cargo().args([
             "test",
+            "--no-fail-fast",
             "--workspace",
             "--exclude",
             "netguard-ebpf",
@@ -75,8 +76,8 @@ pub fn cmd(args: &TestArgs) -> Result<()> {
         took: Some(took),
     });
 
-    // Privileged integration tests run even when unit tests failed: CI's single run should show every
-    // failing stage, not just the first.
+    // Privileged integration tests run even when unit tests failed, and `--no-fail-fast` runs every
+    // test binary after a failing one: CI's single run should show every failure, not just the first.
     if util::is_root() {
         util::say(
             "test",
@@ -88,7 +89,7 @@ pub fn cmd(args: &TestArgs) -> Result<()> {
             util::run(util::cargo().args(["build", "-p", "netguard-user", "--bin", "netguard"]))?;
             util::run(
                 util::cargo()
-                    .args(["test", "-p", "netguard-tests", "--", "--test-threads=2"])
+                    .args(["test", "--no-fail-fast", "-p", "netguard-tests", "--", "--test-threads=2"])
                     .args(&args.extra),
             )
         });
