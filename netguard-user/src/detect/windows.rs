@@ -165,6 +165,16 @@ impl Extractor {
         }
     }
 
+    /// An extractor whose distinct-count sketches use `salt` instead of a random key: the simulator's
+    /// runs are then fully determined by their seed, like the rest of the simulated traffic.
+    #[cfg(test)]
+    pub(crate) fn with_salt(cfg: ExtractorConfig, salt: u64) -> Self {
+        Extractor {
+            salt,
+            ..Self::new(cfg)
+        }
+    }
+
     pub fn config(&self) -> &ExtractorConfig {
         &self.cfg
     }

@@ -47,7 +47,7 @@ impl Sim {
         Sim {
             flows: HashMap::new(),
             mono: 1_000 * SEC,
-            ex: Extractor::new(cfg),
+            ex: Extractor::with_salt(cfg, crate::detect::sketch::mix64(seed)),
             t0: Utc.timestamp_opt(1_714_560_000, 0).unwrap(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             in_tick: 0,

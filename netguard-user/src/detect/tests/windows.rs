@@ -55,13 +55,16 @@ fn a_scan_reaches_many_distinct_ports_and_hosts() {
         }
     }
     let v = Sim::of(&s.tick(), A).unwrap();
+    // The counts are sketches (256-bit linear counting, keyed by the salt): for 200 ports, 99.99% of
+    // keys give 166-241, and 4 hosts share a bit for about 2% of keys (estimate 3.0). The simulator's
+    // salt is fixed by its seed, so this run is the same every time; the bounds are those of any key.
     let ports = v.get(F::DstPorts1s);
     assert!(
-        (170.0..=230.0).contains(&ports),
+        (160.0..=245.0).contains(&ports),
         "≈200 distinct ports, got {ports}"
     );
     assert!(
-        (3.5..=4.5).contains(&v.get(F::DstHosts1s)),
+        (2.9..=4.5).contains(&v.get(F::DstHosts1s)),
         "{}",
         v.get(F::DstHosts1s)
     );
