@@ -41,7 +41,9 @@ use crate::{ChangeReceiver, Store};
 pub struct ResilientConfig {
     /// Writes kept while the backend is down; past this, writes fail with `QueueFull`.
     pub capacity: usize,
+    /// Wait after a write is queued before the first replay; doubled after each failed replay...
     pub min_backoff: Duration,
+    /// ...up to this.
     pub max_backoff: Duration,
 }
 
@@ -262,9 +264,15 @@ impl<S: Store + 'static> ResilientStore<S> {
         let retry_task = tokio::spawn(async move {
             loop {
                 task_shared.wake.notified().await;
+                // A write is queued because the backend just failed it: wait before the first try
+                // too. (Trying at once was also a race: on a busy machine that try could come after
+                // the backend was back, however long the backoff.)
                 let mut backoff = task_shared.config.min_backoff;
-                while task_shared.drain().await.is_err() {
+                loop {
                     tokio::time::sleep(backoff).await;
+                    if task_shared.drain().await.is_ok() {
+                        break;
+                    }
                     backoff = (backoff * 2).min(task_shared.config.max_backoff);
                 }
                 log::info!("store write queue replayed; backend reachable again");

@@ -230,8 +230,8 @@ async fn host_events_during_an_outage_are_not_double_counted() {
         prefix: "resilience-events".into(),
     };
     let redis = RedisStore::connect(h.config("sensor-1")).await.unwrap();
-    // The background retry waits 30 s, so that our queue is replayed only by the explicit flush below:
-    // the other sensor's write must land first, whatever the scheduling.
+    // The background retry waits 30 s (before its first try too), so that our queue is replayed only
+    // by the explicit flush below: the other sensor's write must land first, whatever the scheduling.
     let slow_retries = ResilientConfig {
         capacity: 1000,
         min_backoff: Duration::from_secs(30),
