@@ -39,6 +39,8 @@ pub struct DetectConfig {
     /// Sources whose detection state (cooldowns, streaks, failed logins, offences) is remembered.
     pub max_tracked: usize,
     pub features: ExtractorConfig,
+    /// Defining evidence each class's verdicts must show before they are acted on.
+    pub evidence: super::evidence::EvidenceConfig,
     pub rules: RulesConfig,
     /// Per-sensor overrides of `rules`, by sensor id.
     pub sensors: BTreeMap<String, RulesConfig>,
@@ -57,6 +59,7 @@ impl Default for DetectConfig {
             alert_cooldown: Duration::from_secs(60),
             max_tracked: 65_536,
             features: ExtractorConfig::default(),
+            evidence: Default::default(),
             rules: RulesConfig::default(),
             sensors: BTreeMap::new(),
             response: ResponseConfig::default(),

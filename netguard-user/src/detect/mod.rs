@@ -17,6 +17,7 @@
 mod bucket;
 mod config;
 mod engine;
+pub mod evidence;
 mod features;
 mod fit;
 mod flows;
@@ -33,6 +34,7 @@ use std::path::PathBuf;
 
 pub use config::{BlockScope, DetectConfig, ExtractorConfig, ResponseConfig};
 pub use engine::{BlockDecision, Decision, Detector};
+pub use evidence::{Contradiction, EvidenceConfig, Fact, check as check_evidence};
 pub use features::{F, FEATURES, FeatureVector, SCHEMA_VERSION, feature_index};
 pub use fit::{
     ClassMetrics, DataSummary, TrainParams, TrainReport, cap_per_class, evaluate as evaluate_model,
