@@ -18,6 +18,8 @@ pub struct Config {
     pub detect: DetectConfig,
     /// Host events: exactly-once retention and failed-login thresholds (see `crate::events`).
     pub events: EventsConfig,
+    /// What is never blocked, and how long handshakes and API sessions are remembered.
+    pub trust: crate::trust::TrustConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -51,6 +53,8 @@ pub struct ControlSection {
     /// Minimum time between two blocklist-hit alerts for one source, e.g. "60s".
     #[serde(with = "humantime_serde_compat")]
     pub hit_alert_cooldown: Duration,
+    /// Caps on automatic blocks: per minute, and the share of the blocklist kept for people and feeds.
+    pub auto_caps: crate::control::AutoCaps,
 }
 
 impl Default for ControlSection {
@@ -58,6 +62,7 @@ impl Default for ControlSection {
         Self {
             max_bulk: 100_000,
             hit_alert_cooldown: Duration::from_secs(60),
+            auto_caps: Default::default(),
         }
     }
 }
@@ -151,6 +156,13 @@ impl Config {
                 path: path.into(),
                 field: "datapath.events_bytes",
                 problem: format!("{} is over the 1 GiB limit", d.events_bytes),
+            });
+        }
+        if let Err(problem) = self.control.auto_caps.validate() {
+            return Err(ConfigError::Invalid {
+                path: path.into(),
+                field: "control.auto_caps.reserved_share",
+                problem,
             });
         }
         if let Err(errors) = self.events.validate() {

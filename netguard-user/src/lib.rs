@@ -11,3 +11,4 @@ pub mod hostevents;
 pub mod events;
 pub mod sensor;
 pub mod geo;
+pub mod trust;

@@ -20,6 +20,7 @@ use netguard_user::{
     metrics::Metrics,
     hostevents::{self, HostEvent, HostEventKind},
     sensor::{SensorLoop, load_model},
+    trust::{self, Trust, refresh::RefreshContext},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -134,14 +135,32 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     let store = netguard_store::open(&store_opts).await.context("could not open the state store")?;
     log::info!("state store: {}", store.backend_name());
 
-    let control = Control::start(
+    // What must never be blocked, read before anything can block: the first refresh runs now.
+    let trust = Trust::new(&s.config.trust);
+    let refresh = RefreshContext {
+        trust: trust.clone(),
+        cfg: s.config.trust.clone(),
+        store: store.clone(),
+        sensor_id: s.sensor_id.clone(),
+        redis_url: s.config.store.redis.clone(),
+    };
+    let mut published = Vec::new();
+    refresh.refresh(&mut published).await;
+    log::info!(
+        "never-block: {} address(es) this host depends on (GET /api/v1/never-block lists them)",
+        trust.never_block.list().len()
+    );
+    tokio::spawn(trust::refresh::run(refresh, published));
+    let control = Control::start_with_trust(
         ControlConfig {
             sensor_id: s.sensor_id.clone(),
             max_bulk: s.config.control.max_bulk,
             hit_alert_cooldown: s.config.control.hit_alert_cooldown,
+            auto_caps: s.config.control.auto_caps.clone(),
         },
         dp.clone(),
         store,
+        trust.clone(),
     )
     .await
     .context("could not restore the blocklist and allowlist from the store")?;
@@ -151,6 +170,10 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     }
 
     let metrics = Arc::new(Metrics::new());
+    metrics
+        .registry()
+        .register(Box::new(control.capped_counter()))
+        .expect("netguard_response_capped_total registered once");
     tokio::spawn(count_alerts(control.clone(), metrics.clone()));
 
     std::fs::create_dir_all(&s.config.store.state_dir)
@@ -205,6 +228,7 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     }
     let mut sensor = SensorLoop::new(&s.config.detect, &s.sensor_id, model, dp.clone(), control.clone());
     sensor.export_metrics(&metrics);
+    sensor.set_trust(trust.clone());
     if let Some(path) = &s.record_features {
         sensor.record_to(path).with_context(|| format!("cannot write feature records to {}", path.display()))?;
         log::info!("recording feature vectors to {}", path.display());
@@ -231,7 +255,7 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         None => (None, None),
     };
     let flows_now = Arc::new(AtomicU64::new(0));
-    let detector = tokio::spawn(detect(sensor, flows_now.clone(), auth_rx));
+    let detector = tokio::spawn(detect(sensor, flows_now.clone(), auth_rx, trust));
 
     let result = summarise(&dp, &control, &metrics, every, &new_flows, &flows_now).await;
     detector.abort();
@@ -249,7 +273,7 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
 
 /// The detection loop: one tick per second (the features' short window). Failed logins from the auth
 /// log feed the failed-auth feature between ticks.
-async fn detect(mut sensor: SensorLoop, flows_now: Arc<AtomicU64>, mut auth: Option<tokio::sync::mpsc::Receiver<HostEvent>>) {
+async fn detect(mut sensor: SensorLoop, flows_now: Arc<AtomicU64>, mut auth: Option<tokio::sync::mpsc::Receiver<HostEvent>>, trust: Trust) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Between ticks, a look at the kernel's pass counter: a surge closes the window early.
@@ -269,6 +293,12 @@ async fn detect(mut sensor: SensorLoop, flows_now: Arc<AtomicU64>, mut auth: Opt
                 match ev {
                     // One FailedPassword per guessed password; PAM and invalid-user lines repeat it.
                     Some(ev) if ev.kind == HostEventKind::FailedPassword => sensor.on_failed_auth(ev.src_ip, 1),
+                    // An accepted login protects its peer for as long as its connection lasts.
+                    Some(ev) if ev.kind == HostEventKind::Accepted => {
+                        if let Some(port) = ev.src_port {
+                            trust.never_block.ssh_accepted(ev.src_ip, port, ev.user.as_deref().unwrap_or("?"));
+                        }
+                    }
                     Some(_) => {}
                     None => auth = None,
                 }

@@ -50,6 +50,7 @@ pub struct SensorMetrics {
     vectors: IntCounter,
     tick_seconds: Histogram,
     decisions: IntCounterVec,
+    rejected: IntCounterVec,
     /// Last seen cumulative values, so that counters advance by the difference.
     last_evicted: u64,
     last_overflow_total: u64,
@@ -81,10 +82,17 @@ impl SensorMetrics {
         )
         .expect("valid counter vec");
         r.register(Box::new(decisions.clone())).expect("registered once");
+        let rejected = IntCounterVec::new(
+            Opts::new("netguard_detect_verdicts_rejected_total", "Verdicts (model or rule) that their class's defining evidence contradicts: never acted on, by class."),
+            &["class"],
+        )
+        .expect("valid counter vec");
+        r.register(Box::new(rejected.clone())).expect("registered once");
         for class in crate::metrics::ALERT_CLASSES.iter().filter(|c| **c != "blocklist_hit") {
             for outcome in ["blocked", "alerted", "refused"] {
                 decisions.with_label_values(&[class, outcome]);
             }
+            rejected.with_label_values(&[class]);
         }
         Self {
             sources_tracked: g("netguard_detect_sources_tracked", "Sources with their own feature windows now."),
@@ -95,6 +103,7 @@ impl SensorMetrics {
             vectors: c("netguard_detect_vectors_total", "Per-source feature vectors evaluated."),
             tick_seconds,
             decisions,
+            rejected,
             last_evicted: 0,
             last_overflow_total: 0,
         }
@@ -238,6 +247,11 @@ impl SensorLoop {
         Ok(())
     }
 
+    /// Checks blocks against the never-block set and the handshake record (see `crate::trust`).
+    pub fn set_trust(&mut self, trust: crate::trust::Trust) {
+        self.detector.set_trust(trust);
+    }
+
     /// Failed logins from host events (auth.log, agents) feed the failed-auth feature and rules.
     pub fn on_failed_auth(&mut self, src: IpAddr, count: u32) {
         self.extractor.observe_failed_auth(src, count);
@@ -295,8 +309,15 @@ impl SensorLoop {
         {
             self.detector.set_allowlist(allow.into_iter().filter(|v| v.enforced).map(|v| v.entry.cidr).collect());
         }
-        for mut d in self.detector.evaluate(&vectors) {
-            let mut outcome = "alerted";
+        let decisions = self.detector.evaluate(&vectors);
+        for r in self.detector.take_rejected() {
+            log::debug!("verdict rejected: {} from {} by {}: {}", r.class, r.src, r.by, r.why);
+            if let Some(m) = &self.metrics {
+                m.rejected.with_label_values(&[crate::metrics::alert_class_label(&r.class)]).inc();
+            }
+        }
+        for mut d in decisions {
+            let mut outcome = if d.refused.is_some() { "refused" } else { "alerted" };
             if let Some(b) = &d.block {
                 let until = chrono::Duration::from_std(b.ttl).ok().and_then(|t| Utc::now().checked_add_signed(t));
                 if let Some(e) = self.control.blocked_until(b.cidr.addr(), until).await {
@@ -317,14 +338,24 @@ impl SensorLoop {
                         report.blocks += 1;
                         outcome = "blocked";
                     }
+                    Err(ControlError::Capped(_)) => {
+                        // The control plane raised the one alert of this cap episode; one alert
+                        // per refused source is what the cap exists to prevent.
+                        self.detector.forget_block(b.cidr.addr());
+                        if let Some(m) = &self.metrics {
+                            m.decision(&d.alert.class, "refused");
+                        }
+                        continue;
+                    }
                     Err(e) => {
-                        // E.g. the source is allowlisted: the alert stands, the block does not.
-                        if !matches!(e, ControlError::Invalid(_)) {
+                        // E.g. the source is allowlisted or never blocked: the alert stands, the
+                        // block does not.
+                        if !matches!(e, ControlError::Invalid(_) | ControlError::NeverBlock { .. }) {
                             log::warn!("auto-block of {} failed: {e}", b.cidr);
                         }
                         // Let the detector propose again later instead of believing the source blocked.
                         self.detector.forget_block(b.cidr.addr());
-                        d.alert.action = "alerted".into();
+                        d.alert.action = if matches!(e, ControlError::NeverBlock { .. }) { "refused" } else { "alerted" }.into();
                         d.alert.evidence.insert("block_refused".into(), e.to_string().into());
                         outcome = "refused";
                     }

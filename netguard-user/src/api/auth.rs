@@ -404,7 +404,21 @@ impl<A: Access> FromRequestParts<ApiState> for Auth<A> {
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers)?;
-        check(&state.tokens, token, A::NEED).map(|p| Auth(p, PhantomData))
+        let p = check(&state.tokens, token, A::NEED)?;
+        // A person's (or their tool's) address is never blocked automatically while its session
+        // lasts. Agents are not: their token sits on many hosts, any of which may be the attacker.
+        if p.role != Role::Agent
+            && let Some(peer) = parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        {
+            state
+                .control
+                .trust()
+                .never_block
+                .api_client(peer.0.ip(), &p.name);
+        }
+        Ok(Auth(p, PhantomData))
     }
 }
 

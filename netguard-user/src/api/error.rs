@@ -133,6 +133,11 @@ impl From<ControlError> for ApiError {
             }
             ControlError::Store(s) => store_error(s),
             ControlError::Datapath(d) => datapath_error(d),
+            // Only automatic blocks get these two; REST requests see field errors instead.
+            ControlError::NeverBlock { .. } => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string()).with_field("cidr")
+            }
+            ControlError::Capped(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
         }
     }
 }

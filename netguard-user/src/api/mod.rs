@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod responses;
 pub mod seed;
 pub mod ws;
+pub mod trust;
 
 use std::{
     future::Future,
@@ -203,6 +204,7 @@ pub fn router(state: ApiState) -> Router {
         .route(&api("/block/per-vm"), post(seed::block_per_vm))
         .route(&api("/block/{ip}"), delete(seed::unblock))
         .route(&api("/blocked-ips"), get(seed::blocked_ips))
+        .route(&api("/never-block"), get(trust::never_block))
         .merge(multivm::routes())
         .merge(events::routes())
         .route(&api("/openapi.json"), get(openapi::spec))
@@ -235,8 +237,12 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    // The peer address lets authenticated clients join the never-block set (`crate::trust`).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
             shutdown.await;
             hub.shutdown();
         })

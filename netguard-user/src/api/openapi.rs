@@ -10,7 +10,7 @@ use utoipa::{
     openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{ErrorBody, alerts_flows, health, json_text, lists, seed, ws};
+use super::{ErrorBody, alerts_flows, health, json_text, lists, seed, trust, ws};
 use crate::control::{Change, PushEvent, Removal};
 
 #[derive(OpenApi)]
@@ -38,6 +38,7 @@ use crate::control::{Change, PushEvent, Removal};
         seed::block_per_vm,
         seed::unblock,
         seed::blocked_ips,
+        trust::never_block,
         spec,
         spec_root,
     ),

@@ -5,6 +5,7 @@
 //! a slow or absent Redis), then the store; if the store refuses, the kernel change is rolled back and
 //! the caller gets the error, so the two never silently disagree.
 
+pub mod caps;
 mod expiry;
 mod hits;
 mod push;
@@ -25,6 +26,8 @@ use netguard_store::{Alert, AlertQuery, EntrySource, ListEntry, ListKind, Scope,
 use tokio::sync::{Notify, broadcast};
 
 use crate::datapath::{Datapath, DatapathError};
+use crate::trust::{Protected, Trust};
+pub use caps::{AutoCaps, Cap, Capped};
 pub use hits::HitAlerts;
 pub use push::{Change, MAX_PUSHED_ENTRIES, PushEvent, Removal};
 pub use request::{EntryRequest, FieldError};
@@ -37,6 +40,8 @@ pub struct ControlConfig {
     pub max_bulk: usize,
     /// Minimum time between two blocklist-hit alerts for the same source.
     pub hit_alert_cooldown: Duration,
+    /// Caps on automatic blocks (sources `auto` and `event`).
+    pub auto_caps: AutoCaps,
 }
 
 impl Default for ControlConfig {
@@ -45,6 +50,7 @@ impl Default for ControlConfig {
             sensor_id: "local".into(),
             max_bulk: 100_000,
             hit_alert_cooldown: Duration::from_secs(60),
+            auto_caps: AutoCaps::default(),
         }
     }
 }
@@ -59,6 +65,12 @@ pub enum ControlError {
     Store(#[source] StoreError),
     #[error("the kernel refused the change: {0}")]
     Datapath(#[source] DatapathError),
+    /// An automatic block would overlap an address this host depends on (see `crate::trust`).
+    #[error("{cidr} is never blocked automatically: {}", .protected.reason())]
+    NeverBlock { cidr: IpNet, protected: Protected },
+    /// An automatic block hit a cap (see [`caps`]).
+    #[error("automatic block of {} refused by the {} cap: {}", .0.cidr, .0.cap.label(), .0.detail)]
+    Capped(Capped),
 }
 
 /// An entry as the API shows it: the stored entry, whether this sensor enforces it, and its kernel
@@ -91,6 +103,9 @@ struct Inner {
     push: broadcast::Sender<PushEvent>,
     expiry_wake: Notify,
     hits: Mutex<HitAlerts>,
+    trust: Trust,
+    caps: Mutex<caps::CapState>,
+    capped_total: prometheus::IntCounterVec,
 }
 
 #[derive(Clone)]
@@ -102,10 +117,27 @@ impl Control {
     /// Loads the stored lists into the kernel (a restart loses no block) and starts the expiry timer
     /// and, for a shared store, the fleet subscription.
     pub async fn start(cfg: ControlConfig, dp: Arc<Mutex<Datapath>>, store: Arc<dyn Store>) -> Result<Self, ControlError> {
+        Self::start_with_trust(cfg, dp, store, Trust::default()).await
+    }
+
+    /// [`Control::start`] with the daemon's never-block set and handshake record, which every block
+    /// is checked against.
+    pub async fn start_with_trust(cfg: ControlConfig, dp: Arc<Mutex<Datapath>>, store: Arc<dyn Store>, trust: Trust) -> Result<Self, ControlError> {
         let (push, _) = broadcast::channel(4096);
         let hits = Mutex::new(HitAlerts::new(cfg.hit_alert_cooldown));
+        let capped_total = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("netguard_response_capped_total", "Automatic blocks refused by a cap, by cap (rate: blocks per minute; reserve: blocklist capacity kept for people and feeds)."),
+            &["cap"],
+        )
+        .expect("valid counter vec");
+        for cap in [Cap::Rate, Cap::Reserve] {
+            capped_total.with_label_values(&[cap.label()]);
+        }
         let control = Control {
             inner: Arc::new(Inner {
+                caps: Mutex::new(caps::CapState::new(cfg.auto_caps.clone())),
+                capped_total,
+                trust,
                 cfg,
                 dp,
                 store,
@@ -119,6 +151,16 @@ impl Control {
         tokio::spawn(expiry::run(control.clone()));
         sync::spawn(control.clone()).await;
         Ok(control)
+    }
+
+    /// The never-block set and handshake record this control plane checks blocks against.
+    pub fn trust(&self) -> &Trust {
+        &self.inner.trust
+    }
+
+    /// `netguard_response_capped_total{cap}`, for the daemon's registry.
+    pub fn capped_counter(&self) -> prometheus::IntCounterVec {
+        self.inner.capped_total.clone()
     }
 
     pub fn sensor_id(&self) -> &str {
@@ -199,6 +241,22 @@ impl Control {
                 Err(e) => errors.push(e),
             }
         }
+        let automatic = matches!(source, EntrySource::Auto | EntrySource::Event);
+        if kind == ListKind::Block {
+            for (i, e) in &entries {
+                let Some(p) = self.inner.trust.never_block.conflict(&e.cidr) else { continue };
+                if automatic && !bulk {
+                    return Err(ControlError::NeverBlock { cidr: e.cidr, protected: p });
+                }
+                if !reqs[*i].force {
+                    let prefix = if bulk { format!("items[{i}].") } else { String::new() };
+                    errors.push(FieldError::new(
+                        format!("{prefix}cidr"),
+                        format!("{} would block {}; NetGuard never blocks what this host depends on (GET /api/v1/never-block lists them): send \"force\": true to block it anyway", e.cidr, p.reason()),
+                    ));
+                }
+            }
+        }
         let mut mirror = self.inner.mirror.lock().await;
         if kind == ListKind::Block {
             errors.extend(self.allowlist_conflicts(&mirror, &entries, bulk));
@@ -206,11 +264,68 @@ impl Control {
         if !errors.is_empty() {
             return Err(ControlError::Invalid(errors));
         }
+        if kind == ListKind::Block && automatic {
+            self.check_caps(&entries).await?;
+        }
         // Later duplicates of the same (cidr, scope) win, as if applied one after another.
         let mut seen = HashSet::new();
         let mut entries: Vec<ListEntry> = entries.into_iter().rev().map(|(_, e)| e).filter(|e| seen.insert((e.cidr, e.scope.clone()))).collect();
         entries.reverse();
         self.apply(&mut mirror, kind, entries, source).await
+    }
+
+    /// Automatic blocks: within the rate and outside the reserved capacity, or refused; the first
+    /// refusal of an episode raises the one cap alert.
+    async fn check_caps(&self, entries: &[(usize, ListEntry)]) -> Result<(), ControlError> {
+        let Some((_, first)) = entries.first() else { return Ok(()) };
+        let now = std::time::Instant::now();
+        let refusal = {
+            let fill = self.dp().blocklist.fill();
+            let mut caps = self.inner.caps.lock().expect("caps lock poisoned");
+            let family = usize::from(first.cidr.addr().is_ipv6());
+            let (held, max) = fill[family];
+            let usable = caps.cfg().usable(max);
+            if held + entries.len() > usable {
+                Some((Cap::Reserve, format!("the blocklist holds {held} of {max} entries and automatic blocks may use {usable}; the rest is kept for manual and feed blocks")))
+            } else if !caps.take(now) {
+                Some((Cap::Rate, format!("more than {} automatic blocks in a minute (control.auto_caps.per_minute)", caps.cfg().per_minute)))
+            } else {
+                None
+            }
+            .map(|(cap, detail)| (cap, detail, caps.refused(now)))
+        };
+        let Some((cap, detail, new_episode)) = refusal else { return Ok(()) };
+        self.inner.capped_total.with_label_values(&[cap.label()]).inc();
+        if new_episode {
+            log::warn!("automatic blocks capped ({}): {detail}", cap.label());
+            self.raise_alert(self.cap_alert(cap, first, &detail)).await;
+        }
+        Err(ControlError::Capped(Capped { cap, cidr: first.cidr, detail }))
+    }
+
+    fn cap_alert(&self, cap: Cap, first: &ListEntry, detail: &str) -> Alert {
+        let class = first.reason.as_deref().and_then(|r| r.split([':', ' ']).find(|w| crate::detect::RULE_CLASSES.contains(w))).unwrap_or("port_scan");
+        let mut evidence = serde_json::Map::new();
+        evidence.insert("cap".into(), cap.label().into());
+        evidence.insert("detail".into(), detail.into());
+        evidence.insert("first_refused".into(), first.cidr.to_string().into());
+        evidence.insert("note".into(), "one alert per cap episode; netguard_response_capped_total counts every refused block".into());
+        let now = Utc::now();
+        Alert {
+            id: format!("{}-{}-cap", self.inner.cfg.sensor_id, now.timestamp_millis()),
+            ts: now,
+            sensor_id: self.inner.cfg.sensor_id.clone(),
+            class: class.into(),
+            src_ip: caps::nobody(&first.cidr),
+            dst_ip: None,
+            dst_port: None,
+            risk: 50,
+            confidence: 1.0,
+            mitre: crate::detect::mitre(class).into(),
+            action: "refused".into(),
+            evidence,
+            count: 1,
+        }
     }
 
     /// Allowlisted addresses can never be blocked: refuse a block that overlaps an allowlist entry

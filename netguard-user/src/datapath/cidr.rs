@@ -128,6 +128,12 @@ impl<V: Pod + Default> CidrTable<V> {
         self.entries.is_empty()
     }
 
+    /// Entries held and the most allowed, per family: `[(v4 held, v4 max), (v6 held, v6 max)]`.
+    pub fn fill(&self) -> [(usize, u32); 2] {
+        let c = &self.counts;
+        [(c[0] + c[1], self.v4_max), (c[2] + c[3], self.v6_max)]
+    }
+
     /// The CIDRs this table holds (from the userspace index, which mirrors every write we made).
     pub fn nets(&self) -> impl Iterator<Item = &IpNet> {
         self.entries.iter()

@@ -101,7 +101,36 @@ pub struct ResponseConfig {
     /// a flood at a few thousand packets/s or a full port sweep blocks from its first window (~70-80),
     /// a slower attack once it persists, and a verdict without its class's intensity never (<= 50).
     pub min_risk: u8,
+    /// Where blocks apply. Blocks on evidence a forged source could produce stay on this sensor
+    /// whatever this says (see `forgeable_ttl`).
     pub scope: BlockScope,
+    /// Per-class overrides of `min_risk` and `min_confidence` (`[detect.response.class.port_scan]`):
+    /// below them a verdict is alerted, at or above it is blocked.
+    pub class: BTreeMap<String, ClassPolicy>,
+    /// A source that never completed a TCP handshake with this host and has no failed login in a
+    /// log may be forged: its block lasts at most this long, stays on this sensor and is never
+    /// escalated, so that forging a victim's address buys an attacker little.
+    #[serde(with = "duration_str")]
+    pub forgeable_ttl: Duration,
+}
+
+/// `[detect.response.class.NAME]`: where a class's verdicts turn from alerts into blocks.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassPolicy {
+    pub min_risk: Option<u8>,
+    pub min_confidence: Option<f32>,
+}
+
+impl ResponseConfig {
+    /// (min_risk, min_confidence) for blocking on a verdict of `class`.
+    pub fn block_threshold(&self, class: &str) -> (u8, f32) {
+        let p = self.class.get(class);
+        (
+            p.and_then(|p| p.min_risk).unwrap_or(self.min_risk),
+            p.and_then(|p| p.min_confidence).unwrap_or(self.min_confidence),
+        )
+    }
 }
 
 impl Default for ResponseConfig {
@@ -126,6 +155,8 @@ impl Default for ResponseConfig {
             min_confidence: 0.8,
             min_risk: 60,
             scope: BlockScope::Sensor,
+            class: BTreeMap::new(),
+            forgeable_ttl: Duration::from_secs(120),
         }
     }
 }
@@ -194,13 +225,52 @@ impl DetectConfig {
                 "must be a number >= 1".into(),
             );
         }
-        for (f, v) in [
-            ("detect.min_confidence", self.min_confidence),
+        if let Some(c) = self
+            .response
+            .class
+            .keys()
+            .find(|c| !RULE_CLASSES.contains(&c.as_str()))
+        {
+            return bad(
+                "detect.response.class",
+                format!("unknown class `{c}` (one of {})", RULE_CLASSES.join(", ")),
+            );
+        }
+        let per_class: Vec<(String, f32)> = self
+            .response
+            .class
+            .iter()
+            .filter_map(|(c, p)| {
+                p.min_confidence
+                    .map(|v| (format!("detect.response.class.{c}.min_confidence"), v))
+            })
+            .collect();
+        for (c, p) in &self.response.class {
+            if p.min_risk.is_some_and(|r| r > 100) {
+                return bad(
+                    &format!("detect.response.class.{c}.min_risk"),
+                    "must be between 0 and 100".into(),
+                );
+            }
+        }
+        if self.response.min_risk > 100 {
+            return bad("detect.response.min_risk", "must be between 0 and 100".into());
+        }
+        if self.response.forgeable_ttl.is_zero() {
+            return bad(
+                "detect.response.forgeable_ttl",
+                "must be at least 1s (it bounds blocks on forgeable evidence)".into(),
+            );
+        }
+        let fixed = [
+            ("detect.min_confidence".to_owned(), self.min_confidence),
             (
-                "detect.response.min_confidence",
+                "detect.response.min_confidence".to_owned(),
                 self.response.min_confidence,
             ),
-        ] {
+        ];
+        for (f, v) in fixed.into_iter().chain(per_class) {
+            let f = f.as_str();
             if !(0.0..=1.0).contains(&v) {
                 return bad(f, format!("{v} is not between 0 and 1"));
             }

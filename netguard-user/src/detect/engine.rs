@@ -15,6 +15,7 @@ use netguard_store::{Alert, Scope};
 
 use super::{
     config::{BlockScope, DetectConfig},
+    evidence::{self, Contradiction, Fact},
     features::{F, FEATURES, FeatureVector},
     mitre,
     model::Model,
@@ -22,6 +23,7 @@ use super::{
     windows::OVERFLOW_SRC,
 };
 use crate::control::EntryRequest;
+use crate::trust::{Protected, Trust};
 
 /// Block one source: what the daemon passes to the control plane (source "auto").
 #[derive(Clone, Debug, PartialEq)]
@@ -47,10 +49,23 @@ impl BlockDecision {
 }
 
 /// One outcome of [`Detector::evaluate`]: an alert to store and push, and maybe a block to apply.
+/// `refused` is set when the verdict warranted a block of an address that is never blocked; the
+/// alert's action is then "refused" and `block` is None.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub alert: Alert,
     pub block: Option<BlockDecision>,
+    pub refused: Option<Protected>,
+}
+
+/// A verdict that its class's defining evidence contradicts: never acted on, only counted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejected {
+    pub src: IpAddr,
+    pub class: String,
+    /// "model" or the rule's name.
+    pub by: String,
+    pub why: Contradiction,
 }
 
 /// When the last alert of a class went out for a source, and what was suppressed since.
@@ -75,6 +90,8 @@ struct SrcState {
 
 /// An alert candidate for one class in one window.
 struct Candidate {
+    /// The defining evidence that held (filled by the evidence check).
+    facts: Vec<Fact>,
     rules: Vec<String>,
     confidence: f32,
     features: Vec<usize>,
@@ -90,6 +107,10 @@ pub struct Detector {
     thresholds: Vec<Compiled>,
     allow: Vec<IpNet>,
     state: HashMap<IpAddr, SrcState>,
+    /// The never-block set and handshake record; without them (unit tests of other parts) nothing
+    /// is protected and every source counts as possibly forged.
+    trust: Option<Trust>,
+    rejected: Vec<Rejected>,
 }
 
 impl Detector {
@@ -109,8 +130,21 @@ impl Detector {
             thresholds,
             allow: Vec::new(),
             state: HashMap::new(),
+            trust: None,
+            rejected: Vec::new(),
         }
     }
+
+    /// Checks proposed blocks against the never-block set and the handshake record.
+    pub fn set_trust(&mut self, trust: Trust) {
+        self.trust = Some(trust);
+    }
+
+    /// Verdicts rejected by the evidence checks since the last call.
+    pub fn take_rejected(&mut self) -> Vec<Rejected> {
+        std::mem::take(&mut self.rejected)
+    }
+
 
     pub fn model(&self) -> Option<&Model> {
         self.model.as_ref()
@@ -146,7 +180,23 @@ impl Detector {
                 continue;
             }
             self.make_room(v.ts);
-            let cands = self.candidates(v);
+            let mut cands = self.candidates(v);
+            // Every verdict, from the model or a rule, must show its class's defining evidence.
+            cands.retain(|class, cand| match evidence::check(class, v, &self.cfg.evidence) {
+                Ok(facts) => {
+                    cand.facts = facts;
+                    true
+                }
+                Err(why) => {
+                    self.rejected.push(Rejected {
+                        src: v.src,
+                        class: class.clone(),
+                        by: cand.rules.first().map_or("model", String::as_str).into(),
+                        why,
+                    });
+                    false
+                }
+            });
             let st = self.state.entry(v.src).or_default();
             st.last_seen = Some(v.ts);
             // Persistence: consecutive windows in which the same class was raised.
@@ -193,6 +243,7 @@ impl Detector {
                 cands.insert(
                     p.class.into(),
                     Candidate {
+                        facts: Vec::new(),
                         rules: Vec::new(),
                         confidence: p.confidence,
                         features: path,
@@ -206,6 +257,7 @@ impl Detector {
                        features: Vec<usize>,
                        extra: Option<(&str, serde_json::Value)>| {
             let c = cands.entry(class.into()).or_insert_with(|| Candidate {
+                facts: Vec::new(),
                 rules: Vec::new(),
                 confidence: 1.0,
                 features: Vec::new(),
@@ -253,14 +305,22 @@ impl Detector {
         let risk = risk(class, v, cand.confidence, streak, &cand.extra);
         let blocked_now = st.blocked_until.is_some_and(|t| t > v.ts);
         let base_ttl = resp.ttl.get(class).copied().filter(|t| !t.is_zero());
-        let wants_block = !resp.dry_run
-            && blockable
-            && !blocked_now
-            && base_ttl.is_some()
-            && cand.confidence >= resp.min_confidence
-            // A rule's thresholds are the operator's own call (fail2ban bans at maxretry, whatever
-            // the risk); a model verdict alone must also be risky enough.
-            && (!cand.rules.is_empty() || risk >= resp.min_risk);
+        // Graduated: below the class's risk and confidence the verdict is only alerted, for rules
+        // and the model alike.
+        let (min_risk, min_confidence) = resp.block_threshold(class);
+        let warrants_block = base_ttl.is_some() && cand.confidence >= min_confidence && risk >= min_risk;
+        let wants_block = !resp.dry_run && blockable && !blocked_now && warrants_block;
+        // An address the host depends on is never blocked: the alert says so, once per cooldown.
+        let protected = if wants_block {
+            self.trust.as_ref().and_then(|t| t.never_block.conflict(&IpNet::from(v.src)))
+        } else {
+            None
+        };
+        let wants_block = wants_block && protected.is_none();
+        // Evidence a forged source address could produce gets a limited response.
+        let proven = evidence::has_log_evidence(v)
+            || self.trust.as_ref().is_some_and(|t| t.handshakes.proven(v.src));
+        let st = self.state.get_mut(&v.src)?;
         let cooldown =
             chrono::Duration::from_std(self.cfg.alert_cooldown).unwrap_or(chrono::Duration::MAX);
         let mark = st.marks.iter_mut().find(|m| m.class == class);
@@ -279,14 +339,15 @@ impl Detector {
             if st.last_offense.is_some_and(|t| v.ts - t > memory) {
                 st.offenses = 0;
             }
-            st.offenses += 1;
-            st.last_offense = Some(v.ts);
-            let ttl = escalated(
-                base_ttl.unwrap_or_default(),
-                resp.escalation_factor,
-                st.offenses,
-                resp.max_ttl,
-            );
+            let base = base_ttl.unwrap_or_default();
+            let ttl = if proven {
+                st.offenses += 1;
+                st.last_offense = Some(v.ts);
+                escalated(base, resp.escalation_factor, st.offenses, resp.max_ttl)
+            } else {
+                // Not escalated, and not counted as an offence: the address may be a victim's.
+                base.min(resp.forgeable_ttl)
+            };
             st.blocked_until = chrono::Duration::from_std(ttl)
                 .ok()
                 .and_then(|d| v.ts.checked_add_signed(d));
@@ -294,13 +355,14 @@ impl Detector {
             Some(BlockDecision {
                 cidr: IpNet::from(v.src),
                 ttl,
-                reason: format!(
-                    "auto: {class} ({why}, risk {risk}, offence {})",
-                    st.offenses
-                ),
+                reason: if proven {
+                    format!("auto: {class} ({why}, risk {risk}, offence {})", st.offenses)
+                } else {
+                    format!("auto: {class} ({why}, risk {risk}, limited: no handshake or log line)")
+                },
                 scope: match resp.scope {
-                    BlockScope::Sensor => Scope::Sensor(self.sensor_id.clone()),
-                    BlockScope::Global => Scope::Global,
+                    BlockScope::Global if proven => Scope::Global,
+                    _ => Scope::Sensor(self.sensor_id.clone()),
                 },
             })
         } else {
@@ -310,7 +372,8 @@ impl Detector {
             class: class.into(),
             at: v.ts,
             suppressed: 0,
-            blocked: block.is_some(),
+            // A refusal is final for the cooldown too: one refused alert, not one per window.
+            blocked: block.is_some() || protected.is_some(),
         };
         match st.marks.iter_mut().find(|m| m.class == class) {
             Some(m) => *m = new_mark,
@@ -323,6 +386,27 @@ impl Detector {
         );
         if cand.rules.len() > 1 {
             evidence.insert("rules".into(), cand.rules.clone().into());
+        }
+        evidence.insert(
+            "justified_by".into(),
+            cand.facts.iter().map(Fact::describe).collect::<Vec<_>>().into(),
+        );
+        if warrants_block && !blockable && v.src != OVERFLOW_SRC {
+            evidence.insert("allowlisted".into(), true.into());
+        }
+        if let Some(p) = &protected {
+            evidence.insert("never_block".into(), p.reason().into());
+            evidence.insert("never_block_origin".into(), serde_json::to_value(p.origin).unwrap_or_default());
+        }
+        if block.is_some() || protected.is_some() {
+            evidence.insert(
+                "handshake".into(),
+                (self.trust.as_ref().is_some_and(|t| t.handshakes.proven(v.src))).into(),
+            );
+            evidence.insert(
+                "response".into(),
+                if proven { "full" } else { "limited: no completed handshake and no log line, so the source may be forged" }.into(),
+            );
         }
         let mut shown: Vec<usize> = core_features(class).iter().map(|f| *f as usize).collect();
         for f in cand.features {
@@ -366,6 +450,8 @@ impl Detector {
             mitre: mitre(class).into(),
             action: if block.is_some() {
                 "blocked"
+            } else if protected.is_some() {
+                "refused"
             } else {
                 "alerted"
             }
@@ -373,7 +459,11 @@ impl Detector {
             evidence,
             count: 1 + suppressed,
         };
-        Some(Decision { alert, block })
+        Some(Decision {
+            alert,
+            block,
+            refused: protected,
+        })
     }
 
     /// Keeps per-source state within `max_tracked`: first drop sources with nothing left to remember,

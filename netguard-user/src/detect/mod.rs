@@ -32,8 +32,8 @@ pub(crate) mod tests;
 
 use std::path::PathBuf;
 
-pub use config::{BlockScope, DetectConfig, ExtractorConfig, ResponseConfig};
-pub use engine::{BlockDecision, Decision, Detector};
+pub use config::{BlockScope, ClassPolicy, DetectConfig, ExtractorConfig, ResponseConfig};
+pub use engine::{BlockDecision, Decision, Detector, Rejected};
 pub use evidence::{Contradiction, EvidenceConfig, Fact, check as check_evidence};
 pub use features::{F, FEATURES, FeatureVector, SCHEMA_VERSION, feature_index};
 pub use fit::{

@@ -33,7 +33,8 @@ pub struct BlockOutcome {
     pub offence: u32,
     /// `ssh_brute_force` or `brute_force`.
     pub class: String,
-    /// "blocked", or "alerted" (dry run, or the block was refused, e.g. allowlisted).
+    /// "blocked", "refused" (a never-block address, or a cap: see `crate::trust`), or "alerted" (dry
+    /// run, or the block was refused otherwise, e.g. allowlisted).
     pub action: String,
     pub alert_id: String,
     /// Why no block was made, when `action` is "alerted".
@@ -104,8 +105,14 @@ impl Events {
             scope: Some(scope.to_string()),
             force: false,
         };
-        let refused = if inner.dry_run {
-            Some("dry run: alert only (--dry-run or detect.response.dry_run)".to_owned())
+        // Why no block was made (None: blocked), and whether the refusal was the trust rules' (an
+        // address never blocked, or a cap), which the alert reports as "refused".
+        let (refused, trust_refusal, capped) = if inner.dry_run {
+            (
+                Some("dry run: alert only (--dry-run or detect.response.dry_run)".to_owned()),
+                false,
+                false,
+            )
         } else {
             match inner
                 .control
@@ -114,29 +121,35 @@ impl Events {
             {
                 Ok(_) => {
                     inner.metrics.host_events().block(scope == Scope::Global);
-                    None
+                    (None, false, false)
                 }
                 Err(e) => {
+                    let trust = matches!(
+                        e,
+                        ControlError::NeverBlock { .. } | ControlError::Capped(_)
+                    );
+                    let capped = matches!(e, ControlError::Capped(_));
                     // Refused as REST would refuse it (an allowlisted source): the alert says so.
-                    if !matches!(e, ControlError::Invalid(_)) {
+                    if !matches!(e, ControlError::Invalid(_)) && !trust {
                         log::warn!("event block of {cidr} failed: {e}");
                     }
-                    Some(match e {
+                    let text = match e {
                         ControlError::Invalid(errs) => errs
                             .iter()
                             .map(|f| f.error.clone())
                             .collect::<Vec<_>>()
                             .join("; "),
                         other => other.to_string(),
-                    })
+                    };
+                    (Some(text), trust, capped)
                 }
             }
         };
         let now = Utc::now();
-        let action = if refused.is_none() {
-            "blocked"
-        } else {
-            "alerted"
+        let action = match (&refused, trust_refusal) {
+            (None, _) => "blocked",
+            (Some(_), true) => "refused",
+            (Some(_), false) => "alerted",
         };
         let mut evidence = serde_json::Map::new();
         evidence.insert("rule".into(), trip.rule.name().into());
@@ -199,7 +212,10 @@ impl Events {
             trip.failures,
             trip.rule.name()
         );
-        inner.control.raise_alert(alert).await;
+        // A cap refusal is announced once per episode by the control plane, not once per source.
+        if !capped {
+            inner.control.raise_alert(alert).await;
+        }
         BlockOutcome {
             cidr: cidr.to_string(),
             scope: scope.to_string(),

@@ -3,8 +3,10 @@ use std::{net::IpAddr, time::Duration};
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::detect::{
-    DetectConfig, Detector, F, FEATURES, FeatureVector, OVERFLOW_SRC, RulesConfig, ThresholdRule,
+    ClassPolicy, DetectConfig, Detector, F, FEATURES, FeatureVector, OVERFLOW_SRC, RulesConfig,
+    ThresholdRule,
 };
+use crate::trust::{Origin, Protected, Trust};
 
 fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_714_560_000 + secs, 0).unwrap()
@@ -35,14 +37,31 @@ fn syn_flood(src: &str, at: i64) -> FeatureVector {
         &[
             (F::SynPerS1s, 50_000.0),
             (F::SynRatio10s, 1.0),
+            (F::HalfOpen, 5000.0),
+            (F::HalfOpenRatio, 1.0),
             (F::ActiveSecs10s, 5.0),
         ],
     )
 }
 
+fn with(mut v: FeatureVector, set: &[(F, f32)]) -> FeatureVector {
+    for (f, x) in set {
+        v.values[*f as usize] = *x;
+    }
+    v
+}
+
 /// Rules only (no model), so each test controls exactly what fires.
 fn detector(cfg: DetectConfig, sensor: &str) -> Detector {
     Detector::new(cfg, sensor, None)
+}
+
+/// A detector that knows these sources completed TCP handshakes with the host (not forged).
+fn with_handshakes(mut d: Detector, proven: &[&str]) -> (Detector, Trust) {
+    let trust = Trust::default();
+    trust.handshakes.observe(proven.iter().map(|s| ip(s)));
+    d.set_trust(trust.clone());
+    (d, trust)
 }
 
 #[test]
@@ -116,7 +135,7 @@ fn floods_are_blocked_with_the_class_ttl_and_repeat_offenders_escalate_up_to_the
         .ttl
         .insert("syn_flood".into(), Duration::from_secs(600));
     cfg.response.max_ttl = Duration::from_secs(3000);
-    let mut d = detector(cfg, "s1");
+    let (mut d, _) = with_handshakes(detector(cfg, "s1"), &["203.0.113.9"]);
     let mut at = 0;
     let mut ttls = Vec::new();
     for _ in 0..4 {
@@ -147,7 +166,7 @@ fn floods_are_blocked_with_the_class_ttl_and_repeat_offenders_escalate_up_to_the
 fn offences_are_forgotten_after_the_offence_memory() {
     let mut cfg = DetectConfig::default();
     cfg.response.offense_memory = Duration::from_secs(3600);
-    let mut d = detector(cfg, "s1");
+    let (mut d, _) = with_handshakes(detector(cfg, "s1"), &["203.0.113.9"]);
     let first = d
         .evaluate(&[syn_flood("203.0.113.9", 0)])
         .remove(0)
@@ -207,6 +226,7 @@ fn risk_grows_with_rate_and_persistence() {
         &[
             (F::SynPerS1s, 1000.0),
             (F::SynRatio10s, 1.0),
+            (F::HalfOpenRatio, 1.0),
             (F::ActiveSecs10s, 1.0),
         ],
     );
@@ -361,16 +381,13 @@ fn a_confident_verdict_without_the_class_intensity_never_blocks() {
                 (F::ActiveSecs10s, 10.0),
             ],
         );
-        let out = d.evaluate(&[acks]);
-        assert_eq!(
-            out[0].alert.class, "syn_flood",
-            "the model is wrong on purpose"
-        );
-        assert!(
-            out[0].block.is_none() && out[0].alert.risk <= 50,
-            "risk {}",
-            out[0].alert.risk
-        );
+        let out = d.evaluate(&[acks.clone()]);
+        // The model says syn_flood (wrong on purpose); the evidence check rejects it.
+        assert!(out.is_empty(), "{out:?}");
+        let rejected = d.take_rejected();
+        assert_eq!(rejected.len(), 1);
+        assert_eq!((rejected[0].class.as_str(), rejected[0].by.as_str()), ("syn_flood", "model"));
+        assert!(rejected[0].why.to_string().contains("syn_ratio_10s"), "{}", rejected[0].why);
     }
     // The same model on an actual flood blocks at once.
     let flood = vector(
@@ -380,6 +397,8 @@ fn a_confident_verdict_without_the_class_intensity_never_blocks() {
             (F::PktsPerS1s, 5000.0),
             (F::PktsPerS10s, 500.0),
             (F::SynPerS1s, 5000.0),
+            (F::SynRatio10s, 1.0),
+            (F::HalfOpenRatio, 1.0),
         ],
     );
     let out = d.evaluate(&[flood]);
@@ -395,7 +414,13 @@ fn sources_quiet_in_the_closing_tick_and_thin_aggregates_are_not_judged_by_the_m
         ..DetectConfig::default()
     };
     let mut d = Detector::new(cfg, "s1", Some(paranoid_model()));
-    let busy = [(F::PktsPerS10s, 500.0), (F::PktsPerS1s, 800.0)];
+    let busy = [
+        (F::PktsPerS10s, 500.0),
+        (F::PktsPerS1s, 800.0),
+        (F::SynPerS1s, 800.0),
+        (F::SynRatio10s, 1.0),
+        (F::HalfOpenRatio, 1.0),
+    ];
     // The same 10 s window, once while sending and once after the transfer ended.
     assert_eq!(d.evaluate(&[vector("198.51.100.8", 0, &busy)]).len(), 1, "active: judged");
     let drained = vector("198.51.100.9", 1, &[(F::PktsPerS10s, 500.0), (F::PktsPerS1s, 0.0)]);
@@ -432,6 +457,8 @@ fn an_alert_under_the_block_risk_is_followed_by_a_block_within_the_cooldown() {
                 (F::PktsPerS1s, syn),
                 (F::PktsPerS10s, syn / 10.0),
                 (F::SynPerS1s, syn),
+                (F::SynRatio10s, 1.0),
+                (F::HalfOpenRatio, 1.0),
                 (F::ActiveSecs10s, 1.0),
             ],
         )
@@ -450,4 +477,106 @@ fn an_alert_under_the_block_risk_is_followed_by_a_block_within_the_cooldown() {
     assert_eq!(second[0].alert.action, "blocked");
     // Once blocked, further windows are only counted.
     assert!(d.evaluate(&[at(2, 1000.0)]).is_empty());
+}
+
+#[test]
+fn forgeable_evidence_gets_a_local_short_unescalated_block() {
+    let mut cfg = DetectConfig::default();
+    cfg.response.scope = crate::detect::BlockScope::Global;
+    cfg.response.forgeable_ttl = Duration::from_secs(120);
+    let (mut d, _) = with_handshakes(detector(cfg, "s1"), &["203.0.113.50"]);
+    // No handshake: every offence gets the same short, local block.
+    let mut at = 0;
+    for _ in 0..3 {
+        let out = d.evaluate(&[syn_flood("203.0.113.9", at)]);
+        let b = out[0].block.as_ref().expect("still blocked");
+        assert_eq!((b.ttl.as_secs(), b.scope.to_string().as_str()), (120, "s1"));
+        assert!(out[0].alert.evidence["response"].as_str().unwrap().starts_with("limited"));
+        assert_eq!(out[0].alert.evidence["handshake"], false);
+        at += 121;
+    }
+    // A source that completed a handshake gets the full response: global, escalating.
+    let mut ttls = Vec::new();
+    for i in 0..2 {
+        let out = d.evaluate(&[syn_flood("203.0.113.50", i * 1300)]);
+        let b = out[0].block.as_ref().unwrap();
+        assert_eq!(b.scope.to_string(), "global");
+        assert_eq!(out[0].alert.evidence["response"], "full");
+        ttls.push(b.ttl.as_secs());
+    }
+    assert_eq!(ttls, [600, 1200]);
+    // Failed logins in a log are evidence only a real peer produces.
+    let brute = vector("198.51.100.4", 0, &[(F::FailedAuth10s, 3.0), (F::SshNewFlows10s, 30.0), (F::ActiveSecs10s, 5.0)]);
+    let out = d.evaluate(&[brute]);
+    assert_eq!(out[0].alert.class, "ssh_brute_force");
+    assert_eq!(out[0].block.as_ref().unwrap().scope.to_string(), "global");
+}
+
+#[test]
+fn never_block_addresses_raise_one_refused_alert_per_cooldown() {
+    let (mut d, trust) = with_handshakes(detector(DetectConfig::default(), "s1"), &[]);
+    trust.never_block.set_derived(vec![Protected {
+        cidr: "10.9.0.53/32".parse().unwrap(),
+        origin: Origin::Resolver,
+        detail: "/etc/resolv.conf".into(),
+        expires_at: None,
+    }]);
+    let out = d.evaluate(&[syn_flood("10.9.0.53", 0)]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].alert.action, "refused");
+    assert!(out[0].block.is_none());
+    assert_eq!(out[0].refused.as_ref().unwrap().origin, Origin::Resolver);
+    let why = out[0].alert.evidence["never_block"].as_str().unwrap();
+    assert!(why.contains("a resolver in /etc/resolv.conf"), "{why}");
+    for s in 1..30 {
+        assert!(d.evaluate(&[syn_flood("10.9.0.53", s)]).is_empty(), "one refused alert per cooldown");
+    }
+    // Below the block threshold there is nothing to refuse: a plain alert.
+    let mut cfg = DetectConfig::default();
+    cfg.response.class.insert("syn_flood".into(), ClassPolicy { min_risk: Some(100), min_confidence: None });
+    let mut quiet = detector(cfg, "s1");
+    quiet.set_trust(trust);
+    assert_eq!(quiet.evaluate(&[syn_flood("10.9.0.53", 100)])[0].alert.action, "alerted");
+}
+
+#[test]
+fn the_block_threshold_is_configured_per_class() {
+    let mut cfg = DetectConfig::default();
+    cfg.response.class.insert(
+        "syn_flood".into(),
+        ClassPolicy {
+            min_risk: Some(101),
+            min_confidence: None,
+        },
+    );
+    assert!(cfg.validate().is_err(), "risk is 0-100");
+    cfg.response.class.get_mut("syn_flood").unwrap().min_risk = Some(100);
+    cfg.validate().unwrap();
+    let mut d = detector(cfg, "s1");
+    let out = d.evaluate(&[syn_flood("203.0.113.9", 0)]);
+    assert_eq!(out[0].alert.action, "alerted", "risk {} < 100", out[0].alert.risk);
+    let text = "[response.class.port_scan]\nmin_risk = 80\nmin_confidence = 0.9\n";
+    let cfg: DetectConfig = toml::from_str(text).unwrap();
+    assert_eq!(cfg.response.block_threshold("port_scan"), (80, 0.9));
+    assert_eq!(cfg.response.block_threshold("udp_flood"), (60, 0.8));
+    let bad: DetectConfig = toml::from_str("[response.class.ddos]\nmin_risk = 1\n").unwrap();
+    assert!(bad.validate().unwrap_err().to_string().contains("ddos"));
+}
+
+#[test]
+fn a_verdict_contradicted_by_its_evidence_is_rejected_and_reported() {
+    // A rule an operator wrote too loosely: "udp_flood" on packet rate alone.
+    let mut cfg = DetectConfig::default();
+    cfg.rules.thresholds.push(ThresholdRule {
+        name: "loose".into(),
+        class: "udp_flood".into(),
+        min: [("pkts_per_s_1s".to_string(), 1000.0)].into_iter().collect(),
+        enabled: true,
+    });
+    let mut d = detector(cfg, "s1");
+    let download = vector("198.51.100.30", 0, &[(F::PktsPerS1s, 2000.0), (F::TcpShare10s, 1.0), (F::ActiveSecs10s, 10.0)]);
+    assert!(d.evaluate(&[download]).is_empty());
+    let r = d.take_rejected();
+    assert_eq!((r[0].class.as_str(), r[0].by.as_str()), ("udp_flood", "loose"));
+    assert!(d.take_rejected().is_empty(), "taken once");
 }
