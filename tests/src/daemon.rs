@@ -35,12 +35,17 @@ impl Daemon {
     /// `netguard run` in the sensor namespace on its veth (skb mode), the API on `api` (loopback inside
     /// that namespace), state in `state`, plus `extra` flags. Waits up to 20 s for it to be healthy.
     pub fn start(lab: &NetnsPair, state: &Path, api: &str, token: &str, extra: &[&str]) -> Daemon {
+        Self::start_in(&lab.sensor, SENSOR_IF, state, api, token, extra)
+    }
+
+    /// [`Daemon::start`] in any namespace, on interface `iface` there.
+    pub fn start_in(ns: &str, iface: &str, state: &Path, api: &str, token: &str, extra: &[&str]) -> Daemon {
         let log = state.join("netguard.log");
         let out = File::create(&log).expect("daemon log file");
         let child = Command::new("ip")
-            .args(["netns", "exec", &lab.sensor])
+            .args(["netns", "exec", ns])
             .arg(netguard_bin())
-            .args(["run", "--iface", SENSOR_IF, "--xdp-mode", "skb", "--listen", api])
+            .args(["run", "--iface", iface, "--xdp-mode", "skb", "--listen", api])
             .args(["--summary-every", "60", "--state-dir"])
             .arg(state)
             .args(extra)
@@ -52,7 +57,7 @@ impl Daemon {
             .expect("netguard starts");
         let d = Daemon {
             child: Some(child),
-            ns: lab.sensor.clone(),
+            ns: ns.to_owned(),
             api: api.to_string(),
             token: token.to_string(),
             log,
@@ -75,6 +80,19 @@ impl Daemon {
         let url = format!("http://{}{path}", self.api);
         let out = run_in(&self.ns, &["curl", "-s", "-m", "5", "-H", &auth, &url]);
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// POST `body` (JSON) to `path` with the admin token: the HTTP status and the answer.
+    pub fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let auth = format!("Authorization: Bearer {}", self.token);
+        let url = format!("http://{}{path}", self.api);
+        let out = run_in(
+            &self.ns,
+            &["curl", "-s", "-m", "5", "-w", "\n%{http_code}", "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", body, &url],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
     }
 
     /// GET `path` as JSON (panics with the body when it is not JSON).

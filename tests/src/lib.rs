@@ -10,4 +10,5 @@ pub mod mmdb;
 pub mod netns;
 pub mod prefixes;
 pub mod redis_server;
+pub mod spur;
 pub mod sshd;

@@ -74,7 +74,8 @@ struct Mark {
     class: String,
     at: DateTime<Utc>,
     suppressed: u32,
-    blocked: bool,
+    /// The block this alert called for was refused (never-block): one refusal per cooldown.
+    refused: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -86,6 +87,8 @@ struct SrcState {
     offenses: u32,
     last_offense: Option<DateTime<Utc>>,
     blocked_until: Option<DateTime<Utc>>,
+    /// Whether the last proposed block counted as an offence (blocks on forgeable evidence do not).
+    offence_counted: bool,
 }
 
 /// An alert candidate for one class in one window.
@@ -165,9 +168,8 @@ impl Detector {
     pub fn forget_block(&mut self, src: IpAddr) {
         if let Some(s) = self.state.get_mut(&src) {
             s.blocked_until = None;
-            s.offenses = s.offenses.saturating_sub(1);
-            for m in &mut s.marks {
-                m.blocked = false;
+            if std::mem::take(&mut s.offence_counted) {
+                s.offenses = s.offenses.saturating_sub(1);
             }
         }
     }
@@ -325,8 +327,12 @@ impl Detector {
             chrono::Duration::from_std(self.cfg.alert_cooldown).unwrap_or(chrono::Duration::MAX);
         let mark = st.marks.iter_mut().find(|m| m.class == class);
         let suppressed = match mark {
-            // Within the cooldown: counted, not sent, unless this window now warrants a block.
-            Some(m) if v.ts - m.at < cooldown && (m.blocked || !wants_block) => {
+            // Within the cooldown: counted, not sent, unless this window now warrants a block (the
+            // source is not blocked now: never before, or its block expired) or its first refusal.
+            Some(m)
+                if v.ts - m.at < cooldown
+                    && !(wants_block || (protected.is_some() && !m.refused)) =>
+            {
                 m.suppressed = m.suppressed.saturating_add(1);
                 return None;
             }
@@ -340,6 +346,7 @@ impl Detector {
                 st.offenses = 0;
             }
             let base = base_ttl.unwrap_or_default();
+            st.offence_counted = proven;
             let ttl = if proven {
                 st.offenses += 1;
                 st.last_offense = Some(v.ts);
@@ -372,8 +379,8 @@ impl Detector {
             class: class.into(),
             at: v.ts,
             suppressed: 0,
-            // A refusal is final for the cooldown too: one refused alert, not one per window.
-            blocked: block.is_some() || protected.is_some(),
+            // A refusal is final for the cooldown: one refused alert, not one per window.
+            refused: protected.is_some(),
         };
         match st.marks.iter_mut().find(|m| m.class == class) {
             Some(m) => *m = new_mark,

@@ -39,6 +39,8 @@ pub const ADDRESSES_LABEL: &str = "netguard.addresses";
 #[serde(default, deny_unknown_fields)]
 pub struct TrustConfig {
     /// Addresses or CIDRs never blocked automatically, and refused for manual blocks without `force`.
+    /// A bare address means /32 or /128, as in REST.
+    #[serde(deserialize_with = "cidrs")]
     pub never_block: Vec<IpNet>,
     /// How often the derived set (addresses, routes, resolvers, fleet, sessions) is re-read.
     #[serde(with = "crate::detect::duration_str")]
@@ -60,6 +62,16 @@ impl Default for TrustConfig {
             api_session: Duration::from_secs(3600),
         }
     }
+}
+
+fn cidrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            crate::control::request::parse_cidr(s)
+                .map_err(|e| serde::de::Error::custom(format!("trust.never_block: {e}")))
+        })
+        .collect()
 }
 
 /// Where a never-block entry came from.

@@ -95,3 +95,12 @@ fn only_routable_addresses_are_published() {
     let own = BTreeSet::from([ip("127.0.0.1"), ip("10.9.0.1"), ip("fe80::1"), ip("2001:db8::1"), ip("169.254.1.1")]);
     assert_eq!(publishable(&own), [ip("10.9.0.1"), ip("2001:db8::1")]);
 }
+
+#[test]
+fn the_config_takes_bare_addresses_and_cidrs() {
+    let c: TrustConfig = toml::from_str("never_block = [\"10.0.0.7\", \"192.0.2.0/24\", \"2001:db8::1\"]\nrefresh = \"1s\"\n").unwrap();
+    assert_eq!(c.never_block, [net("10.0.0.7/32"), net("192.0.2.0/24"), net("2001:db8::1/128")]);
+    let e = toml::from_str::<TrustConfig>("never_block = [\"10.0.0.1/24\"]").unwrap_err().to_string();
+    assert!(e.contains("trust.never_block"), "{e}");
+    assert!(toml::from_str::<TrustConfig>("never_block = [\"nope\"]").is_err());
+}
