@@ -131,7 +131,7 @@ impl Witnesses {
             Some((_, ts)) => *ts = (*ts).max(e.ts),
             None => self.vms.push((e.vm.clone(), e.ts)),
         }
-        self.vms.sort_by(|a, b| b.1.cmp(&a.1));
+        self.vms.sort_by_key(|&(_, ts)| std::cmp::Reverse(ts));
         self.vms.truncate(2);
     }
 
