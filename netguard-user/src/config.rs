@@ -109,6 +109,12 @@ pub enum ConfigError {
         field: String,
         problem: String,
     },
+    #[error("config file {path}: {source}")]
+    Api {
+        path: String,
+        #[source]
+        source: crate::api::ApiConfigError,
+    },
 }
 
 impl Config {
@@ -165,6 +171,10 @@ impl Config {
                 problem,
             });
         }
+        self.api.validate().map_err(|source| ConfigError::Api {
+            path: path.into(),
+            source,
+        })?;
         if let Err(errors) = self.events.validate() {
             let first = &errors[0];
             return Err(ConfigError::InvalidField {
@@ -233,6 +243,26 @@ mod tests {
         assert!(e.contains("events.global.max_retry"), "{e}");
         let e = Config::parse("[events.per_vm]\nfind_time = \"soon\"\n", "cfg.toml").unwrap_err().to_string();
         assert!(e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn agent_tokens_must_name_their_vm_and_the_rate_limit_is_read() {
+        let tokens = "[[api.tokens]]\nname = \"ops\"\nrole = \"operator\"\ntoken = \"operator-token-0123456789\"\n\
+                      [[api.tokens]]\nname = \"win-1\"\nrole = \"agent\"\ntoken = \"agent-token-one-0123456789\"\nvm_id = \"win-1\"\n\
+                      [[api.tokens]]\nname = \"win-agents\"\nrole = \"agent\"\ntoken = \"agent-token-two-0123456789\"\n";
+        let e = Config::parse(tokens, "cfg.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("cfg.toml")
+                && e.contains("api.tokens[2] (name \"win-agents\"): an agent token must name its VM: add vm_id = \"...\""),
+            "{e}"
+        );
+        let fixed = format!("{tokens}vm_id = \"win-2\"\n[api.events_rate_limit]\nper_second = 0.5\nburst = 4\n");
+        let c = Config::parse(&fixed, "cfg.toml").unwrap();
+        assert_eq!(c.api.tokens[2].vm_id.as_deref(), Some("win-2"));
+        assert_eq!((c.api.events_rate_limit.per_second, c.api.events_rate_limit.burst), (0.5, 4));
+        assert_eq!(Config::parse("", "x").unwrap().api.events_rate_limit.burst, 20, "default burst");
+        let e = Config::parse("[api.events_rate_limit]\nper_second = 0\n", "cfg.toml").unwrap_err().to_string();
+        assert!(e.contains("api.events_rate_limit.per_second"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub const ADMIN: &str = "admin-token-for-tests-0123456789";
 pub const OPERATOR: &str = "operator-token-for-tests-0123456789";
 pub const VIEWER: &str = "viewer-token-for-tests-0123456789";
 pub const AGENT: &str = "agent-token-for-tests-0123456789";
+/// The VM the [`AGENT`] token is bound to (an agent token must name one).
+pub const AGENT_VM: &str = "agent-vm";
 
 pub struct StackOptions {
     pub datapath: DatapathConfig,
@@ -44,7 +46,7 @@ impl Default for StackOptions {
             name: name.into(),
             role,
             token: token.into(),
-            vm_id: None,
+            vm_id: (role == Role::Agent).then(|| AGENT_VM.into()),
         })
         .collect();
         let api = ApiConfig {

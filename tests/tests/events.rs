@@ -4,11 +4,15 @@
 //! - single and array posts, per-item rejection that keeps the good items, a retried batch
 //!   acknowledged as duplicates and stored once (checked in the store's event history);
 //! - agent tokens: may post, get 403 on the blocklist and thresholds, tag `source_vm_id` with their
-//!   name or bound VM, and may not post for another VM;
+//!   VM, and a request with an event for another VM is refused whole (403); a config with an agent
+//!   token that names no VM stops the real `netguard run` before it attaches, naming the token;
+//! - the per-token rate limit: 429 with `Retry-After` and the error shape, one token's budget not
+//!   touching another's;
 //! - thresholds GET/PUT round trip and field-named validation;
 //! - on two sensors sharing a Redis: a per-VM threshold blocks the source on that VM only, a global
-//!   threshold everywhere, each on exactly the N-th failure; the alert is pushed on the WebSocket
-//!   channel with class and MITRE id; an allowlisted source is alerted, not blocked.
+//!   threshold everywhere, each on exactly the N-th failure; ten failures from one VM's agent block
+//!   on that VM only, and one more from a second VM blocks everywhere; the alert is pushed on the
+//!   WebSocket channel with class and MITRE id; an allowlisted source is alerted, not blocked.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -19,7 +23,7 @@ use std::{
 use netguard_common::tcp_flags as tf;
 use netguard_store::{EventQuery, ListKind, StoreOptions};
 use netguard_tests::{
-    api_stack::{ADMIN, AGENT, OPERATOR, Stack, StackOptions, VIEWER, http},
+    api_stack::{ADMIN, AGENT, AGENT_VM, OPERATOR, Stack, StackOptions, VIEWER, http},
     fixtures::{SEN, XDP_DROP, XDP_PASS, load_small, tcp},
     frames::FrameSpec,
     netns::require_root,
@@ -34,6 +38,13 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const BOUND_AGENT: &str = "bound-agent-token-for-tests-0123";
+/// VMs that have an agent token of their own in [`stack`] (see [`agent_of`]).
+const AGENT_VMS: [&str; 4] = ["win-1", "win-2", "win-3", "sensor-b"];
+
+/// The token of the agent on `vm` (one of [`AGENT_VMS`]).
+fn agent_of(vm: &str) -> String {
+    format!("agent-token-of-{vm}-0123456789")
+}
 
 fn frame_from(src: Ipv4Addr) -> Vec<u8> {
     FrameSpec::v4(src, SEN, tcp(40000, 22, tf::SYN as u8))
@@ -68,12 +79,30 @@ async fn post_events(stack: &Stack, token: &str, body: Value) -> (StatusCode, Va
     call(stack, token, Method::POST, "/api/v1/events", Some(body)).await
 }
 
-/// A stack for sensor `id` whose tokens include an agent bound to VM `win-7`.
+/// A stack for sensor `id` whose tokens include an agent bound to VM `win-7`, and one for each of
+/// [`AGENT_VMS`].
 async fn stack(dir: &std::path::Path, id: &str, redis: Option<&RedisServer>) -> Stack {
+    stack_with(dir, id, redis, StackOptions::default()).await
+}
+
+async fn stack_with(
+    dir: &std::path::Path,
+    id: &str,
+    redis: Option<&RedisServer>,
+    opts: StackOptions,
+) -> Stack {
     let mut opts = StackOptions {
         redis_url: redis.map(RedisServer::url),
-        ..StackOptions::default()
+        ..opts
     };
+    for vm in AGENT_VMS {
+        opts.api.tokens.push(TokenConfig {
+            name: format!("{vm}-agent"),
+            role: Role::Agent,
+            token: agent_of(vm),
+            vm_id: Some(vm.into()),
+        });
+    }
     opts.control.sensor_id = id.into();
     opts.api.tokens.push(TokenConfig {
         name: "win-7-agent".into(),
@@ -202,7 +231,7 @@ async fn rest_contract(redis: Option<&RedisServer>) {
         ("ssh_accepted", false)
     );
 
-    // Agent tokens: post events (tagged with the token's name), nothing else.
+    // Agent tokens: post events (tagged with the token's VM), nothing else.
     let mut untagged = event(7, "x", "198.51.100.7", "4625");
     untagged.as_object_mut().unwrap().remove("source_vm_id");
     let (st, body) = post_events(&s, AGENT, untagged.clone()).await;
@@ -215,8 +244,8 @@ async fn rest_contract(redis: Option<&RedisServer>) {
         .await
         .unwrap();
     assert_eq!(
-        tagged[0].source_vm_id, "agent",
-        "tagged with the agent token's name"
+        tagged[0].source_vm_id, AGENT_VM,
+        "tagged with the agent token's VM"
     );
     for (method, path) in [
         (Method::GET, "/api/v1/blocklist"),
@@ -242,30 +271,55 @@ async fn rest_contract(redis: Option<&RedisServer>) {
     let (st, _) = post_events(&s, VIEWER, event(8, "vm-1", "198.51.100.8", "4625")).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "viewers may not post events");
 
-    // An agent bound to win-7: its untagged events are win-7's, and it may not speak for win-8.
+    // An agent bound to win-7: its untagged events are win-7's, and it may not speak for win-8: one
+    // such item refuses the whole request (403, the item named), and nothing of it is kept.
     let mut u2 = untagged.clone();
     u2["src_port"] = json!(1);
     let (st, body) = post_events(
         &s,
         BOUND_AGENT,
         json!([
-            u2,
+            u2.clone(),
             event(9, "win-8", "198.51.100.9", "4625"),
             event(10, "win-7", "198.51.100.10", "4625")
         ]),
     )
     .await;
-    assert_eq!(st, StatusCode::MULTI_STATUS, "{body}");
-    assert_eq!(body["items"][0]["status"], "accepted");
-    assert_eq!(body["items"][1]["field"], "source_vm_id");
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["field"], "items[1].source_vm_id", "{body}");
     assert!(
-        body["items"][1]["reason"]
+        body["error"]
             .as_str()
             .unwrap()
             .contains("bound to VM `win-7`"),
         "{body}"
     );
-    assert_eq!(body["items"][2]["status"], "accepted");
+    let (st, body) = post_events(&s, BOUND_AGENT, event(9, "win-8", "198.51.100.9", "4625")).await;
+    assert_eq!(
+        (st, body["field"].as_str()),
+        (StatusCode::FORBIDDEN, Some("source_vm_id")),
+        "a single object too: {body}"
+    );
+    assert!(
+        store
+            .events(&EventQuery {
+                vm_id: Some("win-7".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing of a refused request is stored"
+    );
+    let (st, body) = post_events(
+        &s,
+        BOUND_AGENT,
+        json!([u2, event(10, "win-7", "198.51.100.10", "4625")]),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["items"][0]["status"], "accepted");
+    assert_eq!(body["items"][1]["status"], "accepted");
     let win7 = store
         .events(&EventQuery {
             vm_id: Some("win-7".into()),
@@ -564,15 +618,17 @@ async fn per_vm_and_global_thresholds_block_in_the_right_kernels() {
     assert_eq!(alert.evidence["vm_ids"], json!(["sensor-b"]));
     assert_eq!(alert.id, d["alert_id"].as_str().unwrap());
 
-    // Global: Windows failures spread over three VMs, none reaching the per-VM 3, five in all: a
-    // global block on the 5th, in both kernels; the class is brute_force (not SSH).
+    // Global: Windows failures spread over three VMs, each posted by that VM's own agent, none
+    // reaching the per-VM 3, five in all: a global block on the 5th, in both kernels; the class is
+    // brute_force (not SSH).
     let y = Ipv4Addr::new(198, 51, 100, 30);
     let vms = ["win-1", "win-2", "win-3"];
     for n in 0..4u32 {
+        let vm = vms[n as usize % 3];
         let (_, body) = post_events(
             &a,
-            AGENT,
-            now_event(n, vms[n as usize % 3], &y.to_string(), "4625"),
+            &agent_of(vm),
+            now_event(n, vm, &y.to_string(), "4625"),
         )
         .await;
         assert_eq!(
@@ -583,7 +639,12 @@ async fn per_vm_and_global_thresholds_block_in_the_right_kernels() {
         );
     }
     assert_eq!(verdict(&dp_a, y), XDP_PASS);
-    let (_, body) = post_events(&a, AGENT, now_event(4, "win-2", &y.to_string(), "4625")).await;
+    let (_, body) = post_events(
+        &a,
+        &agent_of("win-2"),
+        now_event(4, "win-2", &y.to_string(), "4625"),
+    )
+    .await;
     let d = &body["decisions"][0];
     assert_eq!(
         (d["scope"].as_str(), d["rule"].as_str(), d["class"].as_str()),
@@ -754,4 +815,212 @@ async fn counts_survive_a_restart_of_the_engine() {
     // the threshold and did nothing, as its fifth failure had been acted on (here: not) live.
     assert_eq!(s.verdict(&frame_from(b)), XDP_PASS, "the replay blocked b");
     s.stop().await;
+}
+
+/// Issue 9 item 8: one VM's agent aims the automatic response at its own VM only. Ten Windows
+/// failures for one address from sensor-b's agent, each with its own time, reach the default global
+/// threshold (10) from one VM: the per-VM rule blocks the address on sensor-b at the 5th (in
+/// sensor-b's kernel only), and the global rule does nothing. One failure from a second VM's agent
+/// then completes the global rule: the address is blocked in sensor-a's kernel too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_vm_blocks_on_that_vm_only_and_a_second_vm_blocks_everywhere() {
+    if !require_root() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = stack(dir.path(), "sensor-a", Some(&redis)).await;
+    let (_b, dp_b, _bdir) = plain_sensor(&redis, "sensor-b").await;
+    let th = a.state.events.thresholds();
+    assert_eq!(
+        (th.per_vm.max_retry, th.global.max_retry),
+        (5, 10),
+        "the defaults"
+    );
+    let x = Ipv4Addr::new(198, 51, 100, 70);
+    let agent_b = agent_of("sensor-b");
+    let mut decisions = Vec::new();
+    for n in 0..10u32 {
+        let (st, body) = post_events(
+            &a,
+            &agent_b,
+            now_event(n, "sensor-b", &x.to_string(), "4625"),
+        )
+        .await;
+        assert_eq!((st, body["accepted"].as_u64()), (StatusCode::OK, Some(1)), "{body}");
+        for d in body["decisions"].as_array().unwrap() {
+            decisions.push((n + 1, d["scope"].clone(), d["rule"].clone()));
+        }
+    }
+    assert_eq!(
+        decisions,
+        [(5, json!("sensor-b"), json!("events.per_vm"))],
+        "the per-VM block at the 5th failure, no global block at the 10th"
+    );
+    eventually("the per-VM block in sensor-b's kernel", || {
+        verdict(&dp_b, x) == XDP_DROP
+    })
+    .await;
+    // Give a (wrong) global block time to reach sensor-a before judging its absence.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        verdict(&a.dp, x),
+        XDP_PASS,
+        "one VM's events never block on another VM"
+    );
+    let entries: Vec<_> = a
+        .control
+        .store()
+        .list_entries(ListKind::Block)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.cidr.to_string() == format!("{x}/32"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].scope.to_string(), "sensor-b");
+
+    // A second VM reports the same source: ten failures in the window from two VMs.
+    let (st, body) = post_events(
+        &a,
+        &agent_of("win-1"),
+        now_event(10, "win-1", &x.to_string(), "4625"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let d = &body["decisions"][0];
+    assert_eq!(
+        (d["scope"].as_str(), d["rule"].as_str(), d["action"].as_str()),
+        (Some("global"), Some("events.global"), Some("blocked")),
+        "{body}"
+    );
+    assert_eq!(d["failures"], 10);
+    assert_eq!(verdict(&a.dp, x), XDP_DROP, "now blocked on sensor-a too");
+    let alerts = a
+        .control
+        .alerts(netguard_store::AlertQuery {
+            limit: 10,
+            class: Some("brute_force".into()),
+            src: Some(IpAddr::V4(x)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(alerts[0].evidence["rule"], "events.global");
+    assert_eq!(alerts[0].evidence["vm_ids"], json!(["sensor-b", "win-1"]));
+    a.stop().await;
+}
+
+/// `[api.events_rate_limit]`: past its burst a token gets 429 with `Retry-After` and the API's error
+/// shape, and nothing of the refused request is counted; another token's budget is its own, and the
+/// bucket refills at the configured rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_answers_429_with_retry_after() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = StackOptions::default();
+    opts.api.events_rate_limit.per_second = 1.0;
+    opts.api.events_rate_limit.burst = 3;
+    let s = stack_with(dir.path(), "sensor-a", None, opts).await;
+    let src = "198.51.100.80";
+    for n in 0..3 {
+        let (st, body) = post_events(&s, AGENT, now_event(n, AGENT_VM, src, "4625")).await;
+        assert_eq!(st, StatusCode::OK, "request {} is within the burst: {body}", n + 1);
+    }
+    let resp = http(Some(AGENT))
+        .post(s.url("/api/v1/events"))
+        .json(&now_event(3, AGENT_VM, src, "4625"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers()["retry-after"], "1", "{:?}", resp.headers());
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("`agent`") && error.contains("retry after 1 s"),
+        "{body}"
+    );
+    // Keyed by token, not by address: the same client with another token is not limited.
+    let (st, body) = post_events(&s, ADMIN, now_event(4, AGENT_VM, src, "4625")).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let stored = s
+        .control
+        .store()
+        .events(&EventQuery {
+            src_ip: Some(src.parse().unwrap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 4, "the refused post was not stored");
+    // One request per second: after the wait the token may post again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (st, body) = post_events(&s, AGENT, now_event(5, AGENT_VM, src, "4625")).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    // Authentication comes first: an unknown token is 401, not 429.
+    let (st, _) = post_events(&s, "no-such-token-0123456789", json!([])).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}
+
+/// The real `netguard run` with a config whose agent token names no VM: it stops before attaching,
+/// with a message that names the token and the field to add.
+#[test]
+fn an_agent_token_without_a_vm_stops_the_daemon_at_start() {
+    if !require_root() {
+        return;
+    }
+    let lab = netguard_tests::netns::NetnsPair::new("agentvm");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("netguard.toml");
+    std::fs::write(
+        &cfg,
+        "[[api.tokens]]\nname = \"win-1\"\nrole = \"agent\"\ntoken = \"agent-token-of-win-1-0123456789\"\nvm_id = \"win-1\"\n\
+         [[api.tokens]]\nname = \"win-agents\"\nrole = \"agent\"\ntoken = \"agent-token-of-many-0123456789\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.sensor])
+        .arg(netguard_tests::daemon::netguard_bin())
+        .args(["run", "--iface", "lo", "--xdp-mode", "skb", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("netguard runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "api.tokens[1] (name \"win-agents\"): an agent token must name its VM: add vm_id = \"...\""
+        ),
+        "{text}"
+    );
+    assert!(text.contains("netguard.toml"), "the file is named: {text}");
+    let link = std::process::Command::new("ip")
+        .args(["-n", &lab.sensor, "link", "show", "lo"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "nothing was attached"
+    );
+    assert!(
+        !dir.path().join("state").join("admin.token").exists(),
+        "refused before anything was written"
+    );
 }

@@ -100,9 +100,10 @@ pub struct TokenConfig {
     pub name: String,
     pub role: Role,
     pub token: String,
-    /// Agent tokens only: the VM (sensor id) this agent reports for. Its events without a
-    /// `source_vm_id` are tagged with it, and events for any other VM are refused. An agent token
-    /// without one tags such events with its `name`.
+    /// The VM (sensor id) an agent token reports for; required for the agent role, refused for the
+    /// others. Its events without a `source_vm_id` are tagged with it, and a request with an event
+    /// for any other VM is refused (403): one agent's evidence can then only ever block on its own
+    /// VM, and two VMs (or the sensor's own log) are needed for a global block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_id: Option<String>,
 }
@@ -153,6 +154,11 @@ pub enum TokenError {
     Duplicate(String, String),
     #[error("API token `{name}`: {problem}")]
     VmId { name: String, problem: String },
+    #[error(
+        "api.tokens[{index}] (name \"{name}\"): an agent token must name its VM: add vm_id = \"...\" \
+         (the sensor or VM id whose events it posts; an agent may only post for that VM)"
+    )]
+    AgentWithoutVm { index: usize, name: String },
     #[error("could not {action} the admin token file {}: {source}; check that --state-dir exists and is writable by root", path.display())]
     File {
         action: &'static str,
@@ -168,7 +174,15 @@ impl Tokens {
     /// Tokens from a plain list (tests, embedding).
     pub fn new(list: impl IntoIterator<Item = TokenConfig>) -> Result<Self, TokenError> {
         let mut entries: Vec<(Principal, Vec<u8>)> = Vec::new();
-        for t in list {
+        for (index, t) in list.into_iter().enumerate() {
+            // Checked first: the fix (add vm_id) is what the operator needs to read, and an agent
+            // token bound to no VM could speak for every VM and trip global blocks alone.
+            if t.role == Role::Agent && t.vm_id.is_none() {
+                return Err(TokenError::AgentWithoutVm {
+                    index,
+                    name: t.name,
+                });
+            }
             let token = t.token.trim();
             if token.len() < MIN_TOKEN_LEN {
                 return Err(TokenError::TooShort {
@@ -491,6 +505,45 @@ mod tests {
             Tokens::new([tok("a", Role::Admin, same), tok("b", Role::Viewer, same)]),
             Err(TokenError::Duplicate(..))
         ));
+    }
+
+    #[test]
+    fn an_agent_token_must_name_its_vm() {
+        let agent = tok("win-agents", Role::Agent, "agent-token-0123456789");
+        let e = Tokens::new([
+            tok("a", Role::Admin, "admin-token-0123456789"),
+            agent.clone(),
+        ])
+        .err()
+        .expect("refused");
+        assert!(
+            matches!(e, TokenError::AgentWithoutVm { index: 1, .. }),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with(
+                "api.tokens[1] (name \"win-agents\"): an agent token must name its VM: add vm_id = \"...\""
+            ),
+            "{e}"
+        );
+        let bound = TokenConfig {
+            vm_id: Some("win-1".into()),
+            ..agent
+        };
+        let t = Tokens::new([bound.clone()]).unwrap();
+        assert_eq!(
+            t.authenticate("agent-token-0123456789")
+                .unwrap()
+                .vm_id
+                .as_deref(),
+            Some("win-1")
+        );
+        // Only agents are bound to a VM.
+        let op = TokenConfig {
+            role: Role::Operator,
+            ..bound
+        };
+        assert!(matches!(Tokens::new([op]), Err(TokenError::VmId { .. })));
     }
 
     #[test]

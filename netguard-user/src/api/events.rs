@@ -1,10 +1,12 @@
 //! `POST /api/v1/events` (host events from agents, exactly once) and `GET/PUT /api/v1/thresholds`
 //! (the failed-login thresholds, global and per VM), on top of [`crate::events::Events`].
 
+use std::time::Instant;
+
 use axum::{
     Json, Router,
-    extract::State,
-    http::StatusCode,
+    extract::{FromRequestParts, State},
+    http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -13,8 +15,9 @@ use utoipa::OpenApi;
 
 use super::{
     ApiState,
-    auth::{Auth, Events as EventsAccess, Read, Role, Write},
+    auth::{Auth, Events as EventsAccess, Principal, Read, Role, Write},
     error::{ApiError, ApiJson, ErrorBody, store_error},
+    ratelimit::retry_after_secs,
 };
 use crate::{
     control::ControlError,
@@ -60,7 +63,8 @@ impl ApiState {
 #[allow(dead_code)]
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct EventIn {
-    /// The VM (sensor or agent host) that saw the login. Default: the agent token's `vm_id`, else its name.
+    /// The VM (sensor or agent host) that saw the login. Default: the agent token's `vm_id`; an
+    /// agent token may name no other VM (403).
     #[schema(example = "win-web-07")]
     source_vm_id: Option<String>,
     /// Needed. When it happened: RFC 3339 text, or epoch seconds or milliseconds (a number or a
@@ -90,6 +94,76 @@ pub struct EventIn {
 pub enum EventsBody {
     One(EventIn),
     Many(Vec<EventIn>),
+}
+
+/// Whoever posts events: authenticated with a role that may post (401/403 as on every route), then
+/// within its token's budget (`[api.events_rate_limit]`, 429 with `Retry-After`), both before the
+/// body is read. Keyed by the token's name, not the client address: agents behind one NAT do not
+/// share a budget, and one token cannot escape its own by changing address.
+pub struct EventPoster(pub Principal);
+
+impl FromRequestParts<ApiState> for EventPoster {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
+        let who = Auth::<EventsAccess>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?
+            .0;
+        if let Err(wait) = state.events_limit.check(&who.name, Instant::now()) {
+            let secs = retry_after_secs(wait);
+            let cfg = state.events_limit.config();
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "token `{}` is over its limit of {} event posts per second (burst {}); retry \
+                     after {secs} s, and send more events per request (an array) instead of one per request",
+                    who.name, cfg.per_second, cfg.burst
+                ),
+            )
+            .with_code("rate_limited")
+            .into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return Err(resp);
+        }
+        Ok(EventPoster(who))
+    }
+}
+
+/// An agent token speaks for its own VM only: a request with any item naming another VM is refused
+/// as a whole (403), since it is the token, not the item, that is wrong.
+fn check_own_vm(items: &[Value], single: bool, who: &Principal) -> Result<(), ApiError> {
+    let (Role::Agent, Some(bound)) = (who.role, who.vm_id.as_deref()) else {
+        return Ok(());
+    };
+    for (i, item) in items.iter().enumerate() {
+        let Some(vm) = item
+            .get("source_vm_id")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        else {
+            continue;
+        };
+        if vm != bound {
+            let field = if single {
+                "source_vm_id".to_owned()
+            } else {
+                format!("items[{i}].source_vm_id")
+            };
+            return Err(ApiError::forbidden(format!(
+                "agent token `{}` is bound to VM `{bound}` and may not post events for `{vm}`; \
+                 nothing in this request was kept",
+                who.name
+            ))
+            .with_field(field));
+        }
+    }
+    Ok(())
 }
 
 /// Keys whose value must be text (or null) when present.
@@ -140,8 +214,11 @@ fn check_shape(items: &[Value], single: bool) -> Result<(), ApiError> {
 /// seen within the retention window (`[events] retention`, default 24 h) is acknowledged as a
 /// duplicate and not counted again, so a retried batch is safe. New failures count towards the
 /// thresholds at once; `decisions` lists the blocks they caused. 200 when no item was rejected, 207
-/// when some were. Agent tokens may post here and nowhere else; an agent token bound to a VM
-/// (`vm_id`) may only post for that VM.
+/// when some were. Agent tokens may post here and nowhere else, and only for their own VM (`vm_id`):
+/// a request with an item for another VM is refused whole (403). Failures from one VM block on that
+/// VM only; a global block needs failures from two VMs or from the sensor's own sshd log. Each
+/// token may post `[api.events_rate_limit]` requests per second (default 10, burst 20); past that
+/// the answer is 429 with `Retry-After`.
 #[utoipa::path(
     post,
     path = "/api/v1/events",
@@ -152,21 +229,22 @@ fn check_shape(items: &[Value], single: bool) -> Result<(), ApiError> {
         (status = 207, description = "Some (or all) items rejected; the others were kept", body = IngestReport),
         (status = 400, description = "Malformed JSON, or neither an object nor an array", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
-        (status = 403, description = "The token's role may not post events", body = ErrorBody),
+        (status = 403, description = "The token's role may not post events, or an agent token posted an event for another VM (field named); nothing was kept", body = ErrorBody),
         (status = 413, description = "More items than `[events] max_batch`, or a body over the limit", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "An item is not an object, or a text field holds another JSON type (field named)", body = ErrorBody),
+        (status = 429, description = "This token is over `[api.events_rate_limit]`; nothing was read or kept: retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before posting again"))),
         (status = 503, description = "The store cannot answer; nothing was counted: retry the batch", body = ErrorBody),
         (status = "default", description = "Error", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn post_events(
-    auth: Auth<EventsAccess>,
+    EventPoster(who): EventPoster,
     State(state): State<ApiState>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let who = auth.0;
     let (items, single) = match body {
         Value::Array(items) => (items, false),
         obj @ Value::Object(_) => (vec![obj], true),
@@ -192,9 +270,10 @@ pub async fn post_events(
         .with_field("items"));
     }
     check_shape(&items, single)?;
+    check_own_vm(&items, single, &who)?;
     let poster = match who.role {
         Role::Agent => Poster {
-            default_vm: who.vm_id.clone().or_else(|| Some(who.name.clone())),
+            default_vm: who.vm_id.clone(),
             bound_vm: who.vm_id.clone(),
         },
         _ => Poster::default(),
@@ -305,6 +384,51 @@ mod tests {
             ["schema"];
         assert_eq!(body["$ref"], "#/components/schemas/EventsBody", "{body}");
         assert!(doc["components"]["schemas"]["EventsBody"]["oneOf"].is_array());
+    }
+
+    #[test]
+    fn an_agent_may_post_for_its_own_vm_only() {
+        let agent = Principal {
+            name: "win-7-agent".into(),
+            role: Role::Agent,
+            vm_id: Some("win-7".into()),
+        };
+        let own = serde_json::json!({"source_vm_id": " win-7 ", "src_ip": "10.0.0.1"});
+        let untagged = serde_json::json!({"src_ip": "10.0.0.1"});
+        let other = serde_json::json!({"source_vm_id": "win-8"});
+        assert!(check_own_vm(&[own.clone(), untagged.clone()], false, &agent).is_ok());
+        let e = check_own_vm(&[own.clone(), other.clone(), untagged], false, &agent).unwrap_err();
+        assert_eq!(
+            (e.status, e.body.field.as_deref()),
+            (StatusCode::FORBIDDEN, Some("items[1].source_vm_id"))
+        );
+        assert!(
+            e.body.error.contains("bound to VM `win-7`"),
+            "{}",
+            e.body.error
+        );
+        let e = check_own_vm(std::slice::from_ref(&other), true, &agent).unwrap_err();
+        assert_eq!(e.body.field.as_deref(), Some("source_vm_id"));
+        // Operators and admins name any VM.
+        let op = Principal {
+            role: Role::Operator,
+            vm_id: None,
+            ..agent
+        };
+        assert!(check_own_vm(&[other], false, &op).is_ok());
+    }
+
+    #[test]
+    fn the_document_has_a_429_with_retry_after() {
+        let doc: Value = serde_json::from_str(super::super::openapi::document()).unwrap();
+        let r = &doc["paths"]["/api/v1/events"]["post"]["responses"]["429"];
+        assert!(r["headers"]["Retry-After"]["schema"].is_object(), "{r}");
+        assert!(
+            r["content"]["application/json"]["schema"]["$ref"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("ErrorBody")),
+            "{r}"
+        );
     }
 
     #[test]

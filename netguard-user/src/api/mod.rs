@@ -14,6 +14,7 @@ pub mod health;
 pub mod lists;
 pub mod multivm;
 pub mod openapi;
+pub mod ratelimit;
 pub mod responses;
 pub mod seed;
 pub mod ws;
@@ -41,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 
 use crate::{control::Control, metrics::Metrics};
-pub use auth::{AdminToken, Role, TokenConfig, Tokens};
+pub use auth::{AdminToken, Role, TokenConfig, TokenError, Tokens};
 pub use error::{ApiError, ErrorBody};
 
 /// Route prefix of the REST API.
@@ -73,6 +74,9 @@ pub struct ApiConfig {
     /// MaxMind GeoLite2-City/Country .mmdb file for `GET /api/v1/geo-attacks` (`--geoip-db`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub geoip_db: Option<std::path::PathBuf>,
+    /// `[api.events_rate_limit]`: `POST /api/v1/events` requests per second per token, with a
+    /// burst (default 10/s, burst 20); over it the answer is 429 with `Retry-After`.
+    pub events_rate_limit: ratelimit::EventsRateLimit,
 }
 
 impl Default for ApiConfig {
@@ -86,8 +90,33 @@ impl Default for ApiConfig {
             ws_ping_interval: Duration::from_secs(20),
             ws_write_timeout: Duration::from_secs(10),
             geoip_db: None,
+            events_rate_limit: ratelimit::EventsRateLimit::default(),
         }
     }
+}
+
+impl ApiConfig {
+    /// What can be checked before the daemon attaches: every `[[api.tokens]]` entry (length,
+    /// duplicates, an agent token's VM) and the events rate limit. The admin token from the
+    /// environment or the state dir is checked later, by [`Tokens::load`].
+    pub fn validate(&self) -> Result<(), ApiConfigError> {
+        Tokens::new(self.tokens.clone())?;
+        self.events_rate_limit
+            .validate()
+            .map_err(|(field, problem)| ApiConfigError::Invalid {
+                field: format!("api.events_rate_limit.{field}"),
+                problem,
+            })
+    }
+}
+
+/// Why `[api]` is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiConfigError {
+    #[error(transparent)]
+    Tokens(#[from] auth::TokenError),
+    #[error("{field} {problem}")]
+    Invalid { field: String, problem: String },
 }
 
 /// Durations as humantime text ("30s", "2m") in the config file.
@@ -125,6 +154,8 @@ pub struct ApiState {
     pub events: crate::events::Events,
     /// The `--geoip-db` database ([`ApiState::with_geoip`]).
     pub(crate) geo: Option<Arc<crate::geo::GeoDb>>,
+    /// Per-token budget of `POST /api/v1/events` (`[api.events_rate_limit]`).
+    pub(crate) events_limit: Arc<ratelimit::Limiter>,
 }
 
 #[derive(Clone, Debug)]
@@ -167,6 +198,7 @@ impl ApiState {
             },
             hub,
             geo: None,
+            events_limit: Arc::new(ratelimit::Limiter::new(cfg.events_rate_limit.clone())),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The fast path for this sensor's own sshd log: every line the follower hands on goes straight into
-//! the tracker (source_vm_id = this sensor) and, when it reaches a threshold, into `Control::put`,
+//! the tracker (source_vm_id = this sensor, marked as the sensor's own evidence, which alone may
+//! corroborate a global block) and, when it reaches a threshold, into `Control::put`,
 //! which writes the kernel map; only then is the event written to the store.
 //!
 //! What counts, so that "N failures" means what a fail2ban user means (one per failed password):
@@ -182,7 +183,10 @@ impl Events {
             Ok(mut events) => {
                 events.sort_by_key(|e| (e.ts, e.received_at));
                 let refs: Vec<&HostEventRecord> = events.iter().collect();
-                let replayed_trips = self.count(&refs).len();
+                // Replayed as agents' events: the store does not say which were read from this
+                // sensor's own log, so they corroborate a global block only by their VMs (the next
+                // live own-log failure still does).
+                let replayed_trips = self.count(&refs, false).len();
                 log::debug!("replayed {} stored host event(s) ({replayed_trips} old threshold(s) reached again, not acted on)", refs.len());
                 refs.len()
             }
@@ -223,7 +227,7 @@ impl Events {
         }
         report.accepted = fresh.len();
         let refs: Vec<&HostEventRecord> = fresh.iter().collect();
-        let trips = self.count(&refs);
+        let trips = self.count(&refs, true);
         // Kernel first (inside Control::put), store afterwards.
         let decisions = self.apply(trips).await;
         report.blocks = decisions.iter().filter(|d| d.action == "blocked").count();

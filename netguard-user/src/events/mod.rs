@@ -169,8 +169,10 @@ impl Events {
         self.inner.control.sensor_id()
     }
 
-    /// Counts new events in the tracker; returns the trips, in order.
-    fn count(&self, events: &[&HostEventRecord]) -> Vec<Trip> {
+    /// Counts new events in the tracker; returns the trips, in order. `own`: they come from this
+    /// sensor's own auth-log follower (its own evidence, see [`tracker`]), not from agents or the
+    /// store.
+    fn count(&self, events: &[&HostEventRecord], own: bool) -> Vec<Trip> {
         let cfg = self
             .inner
             .cfg
@@ -193,6 +195,7 @@ impl Events {
                     vm: &e.source_vm_id,
                     user: e.username.as_deref(),
                     service: &e.service,
+                    own,
                 };
                 trips.extend(tracker.failure(&th, &f, now));
             } else {
@@ -260,7 +263,8 @@ impl Events {
                 results[*at].status = ItemStatus::Duplicate;
             }
         }
-        let trips = self.count(&fresh);
+        // Agents' events: never the sensor's own evidence, whatever VM they name.
+        let trips = self.count(&fresh, false);
         let decisions = self.apply(trips).await;
         let count = |s: ItemStatus| results.iter().filter(|r| r.status == s).count();
         let report = IngestReport {

@@ -193,6 +193,15 @@ fn fail<'a>(ts: DateTime<Utc>, src: &str, vm: &'a str) -> Failure<'a> {
         vm,
         user: Some("root"),
         service: "ssh",
+        own: false,
+    }
+}
+
+/// A failure this sensor read in its own sshd log.
+fn own_fail<'a>(ts: DateTime<Utc>, src: &str, vm: &'a str) -> Failure<'a> {
+    Failure {
+        own: true,
+        ..fail(ts, src, vm)
     }
 }
 
@@ -341,16 +350,116 @@ fn global_counts_across_vms_and_scopes_globally() {
                 .is_none()
         );
     }
-    // When both rules trip on one failure, only the global trip is reported.
+    // When both rules trip on one failure, only the global trip is reported (here corroborated by
+    // the sensor's own log).
     let th = rules(3, 3);
     let mut tr = tracker();
-    tr.failure(&th, &fail(t(0), "203.0.113.10", "vm-a"), t(0));
-    tr.failure(&th, &fail(t(1), "203.0.113.10", "vm-a"), t(1));
+    tr.failure(&th, &own_fail(t(0), "203.0.113.10", "vm-a"), t(0));
+    tr.failure(&th, &own_fail(t(1), "203.0.113.10", "vm-a"), t(1));
     let trip = tr
-        .failure(&th, &fail(t(2), "203.0.113.10", "vm-a"), t(2))
+        .failure(&th, &own_fail(t(2), "203.0.113.10", "vm-a"), t(2))
         .unwrap();
     assert_eq!(trip.rule, RuleKind::Global);
     assert!(trip.also_per_vm);
+}
+
+/// The rule that keeps one agent from blocking an address everywhere: a global block needs failures
+/// from two VMs, or the sensor's own log; one VM alone gets a block scoped to that VM.
+#[test]
+fn a_global_block_needs_two_vms_or_the_sensors_own_log() {
+    let th = rules(5, 10);
+    let src = "203.0.113.20";
+    // Ten failures from one VM, each with its own time: the per-VM block at the 5th, nothing global
+    // at the 10th (nor later).
+    let mut tr = tracker();
+    let mut trips = Vec::new();
+    for i in 0..15 {
+        trips.extend(
+            tr.failure(&th, &fail(t(i), src, "win-1"), t(i))
+                .map(|t| t.rule),
+        );
+    }
+    assert_eq!(trips, [RuleKind::PerVm("win-1".into())], "per VM only");
+    // One failure from a second VM completes the global rule: ten in the window, two VMs.
+    let trip = tr
+        .failure(&th, &fail(t(15), src, "win-2"), t(15))
+        .expect("two VMs reach the global threshold");
+    assert_eq!(trip.rule, RuleKind::Global);
+    assert_eq!(trip.vms, ["win-1", "win-2"]);
+    assert_eq!(trip.failures, 10);
+
+    // Spread over two VMs from the start: global on exactly the 10th failure (win-1's 5th, the 9th
+    // in all, blocked it on win-1 first).
+    let mut tr = tracker();
+    let mut trips = Vec::new();
+    for i in 0..10 {
+        let vm = if i % 2 == 0 { "win-1" } else { "win-2" };
+        trips.extend(
+            tr.failure(&th, &fail(t(i), src, vm), t(i))
+                .map(|t| (i + 1, t.rule)),
+        );
+    }
+    assert_eq!(
+        trips,
+        [(9, RuleKind::PerVm("win-1".into())), (10, RuleKind::Global)]
+    );
+
+    // The second VM must be within the window: one failure from win-2 eleven minutes before ten from
+    // win-1 corroborates nothing.
+    let mut tr = tracker();
+    assert!(tr.failure(&th, &fail(t(0), src, "win-2"), t(0)).is_none());
+    let mut trips = Vec::new();
+    for i in 0..10 {
+        let at = t(660 + i);
+        trips.extend(tr.failure(&th, &fail(at, src, "win-1"), at).map(|t| t.rule));
+    }
+    assert_eq!(trips, [RuleKind::PerVm("win-1".into())]);
+    // ...but one from win-2 earlier in the window does, even after win-1's failures pushed it out
+    // of the newest ten.
+    let mut tr = tracker();
+    tr.failure(&th, &fail(t(0), src, "win-2"), t(0));
+    let mut trips = Vec::new();
+    for i in 1..=10 {
+        trips.extend(
+            tr.failure(&th, &fail(t(i), src, "win-1"), t(i))
+                .map(|t| t.rule),
+        );
+    }
+    assert_eq!(
+        trips,
+        [RuleKind::PerVm("win-1".into()), RuleKind::Global],
+        "win-2's failure is 10 s old, well within the 10 min window"
+    );
+
+    // The sensor's own log is its own evidence: ten failures it read itself block everywhere
+    // (per VM first at the 5th, on its own VM).
+    let mut tr = tracker();
+    let mut trips = Vec::new();
+    for i in 0..10 {
+        trips.extend(
+            tr.failure(&th, &own_fail(t(i), src, "sensor-a"), t(i))
+                .map(|t| t.rule),
+        );
+    }
+    assert_eq!(
+        trips,
+        [RuleKind::PerVm("sensor-a".into()), RuleKind::Global]
+    );
+    // An agent that names the sensor's own VM is still an agent: no global block from it alone.
+    let mut tr = tracker();
+    let mut trips = Vec::new();
+    for i in 0..12 {
+        trips.extend(
+            tr.failure(&th, &fail(t(i), src, "sensor-a"), t(i))
+                .map(|t| t.rule),
+        );
+    }
+    assert_eq!(trips, [RuleKind::PerVm("sensor-a".into())]);
+    // One own-log line among an agent's failures corroborates them.
+    let trip = tr
+        .failure(&th, &own_fail(t(12), src, "sensor-a"), t(12))
+        .expect("own evidence");
+    assert_eq!(trip.rule, RuleKind::Global);
 }
 
 #[test]
@@ -424,7 +533,7 @@ fn tracked_keys_stay_bounded() {
         let src = std::net::Ipv4Addr::from(0x0b00_0000 + i).to_string();
         tr.failure(&th, &fail(now, &src, "vm-1"), now);
         if i % 10 == 0 {
-            let trip = tr.failure(&th, &fail(now, "203.0.113.99", "vm-1"), now);
+            let trip = tr.failure(&th, &own_fail(now, "203.0.113.99", "vm-1"), now);
             trips.extend(trip.map(|t| t.rule));
         }
         assert!(tr.tracked() <= 102, "{} keys", tr.tracked());

@@ -9,6 +9,15 @@
 //! trip a rule on old news); one stamped in the future counts as now. Only the newest `max_retry`
 //! failures of a key are kept, which is all a later check can need, so memory per key is bounded.
 //!
+//! Who may cause a global block: failures one agent reports can only be as true as that agent, and
+//! an agent token speaks for one VM, so the global rule trips only on corroborated evidence: its
+//! `max_retry` failures within `find_time` must include failures reported for at least two distinct
+//! VMs, or at least one failure this sensor read in its own sshd log (`Failure::own`, set only by the
+//! auth-log follower's path, never from a VM id, so an agent whose `vm_id` is this sensor's id
+//! cannot pass for the sensor). Failures from one VM alone reach at most the per-VM rule, which
+//! blocks on that VM only. Enough to know this is kept per source whatever `max_retry` cuts: the
+//! newest failure time of the two VMs seen last and of the own log ([`Witnesses`]).
+//!
 //! After a trip the key's window is cleared and the key is held for the ban time: failures keep
 //! being noted but cannot trip it again until the block has run out, so one attack is one block and
 //! one alert. A global trip also holds the source's per-VM keys (the global block covers them); when
@@ -51,6 +60,9 @@ pub struct Failure<'a> {
     pub vm: &'a str,
     pub user: Option<&'a str>,
     pub service: &'a str,
+    /// Read by this sensor in its own sshd log (the auth-log follower), not reported by an agent:
+    /// its own evidence, enough to corroborate a global block (see the module docs).
+    pub own: bool,
 }
 
 /// A rule reached its threshold: block `ip` (globally or on `rule`'s VM) for `ban_time`.
@@ -101,10 +113,42 @@ struct Entry {
     service: Arc<str>,
 }
 
+/// Who reported a source's recent failures, as far as the global rule needs to know: the newest
+/// failure time of each of the two VMs heard from most recently, and of the sensor's own log.
+/// Two VMs are enough: if the two latest are not both within the window, no other pair is.
+#[derive(Clone, Debug, Default)]
+struct Witnesses {
+    vms: Vec<(Arc<str>, DateTime<Utc>)>,
+    own: Option<DateTime<Utc>>,
+}
+
+impl Witnesses {
+    fn note(&mut self, e: &Entry, own: bool) {
+        if own {
+            self.own = self.own.max(Some(e.ts));
+        }
+        match self.vms.iter_mut().find(|(vm, _)| *vm == e.vm) {
+            Some((_, ts)) => *ts = (*ts).max(e.ts),
+            None => self.vms.push((e.vm.clone(), e.ts)),
+        }
+        self.vms.sort_by_key(|&(_, ts)| std::cmp::Reverse(ts));
+        self.vms.truncate(2);
+    }
+
+    /// Two VMs, or the own log, within the window that ends at `newest`.
+    fn corroborate(&self, newest: DateTime<Utc>, rule: &Rule) -> bool {
+        let horizon = newest - span(rule.find_time);
+        self.own.is_some_and(|t| t > horizon)
+            || self.vms.iter().filter(|(_, t)| *t > horizon).count() >= 2
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct Window {
     /// Sorted by `ts`, at most `max_retry` entries.
     entries: VecDeque<Entry>,
+    /// Global windows only: who reported the failures (the corroboration the global rule needs).
+    witnesses: Witnesses,
     /// No trip before this (the key was just blocked).
     held_until: Option<DateTime<Utc>>,
     /// The tracker's failure count at this key's last failure (exact order), for eviction.
@@ -134,6 +178,12 @@ impl Window {
 
     fn held(&self, now: DateTime<Utc>) -> bool {
         self.held_until.is_some_and(|t| t > now)
+    }
+
+    /// Forgets the counted failures (after a trip, or a successful login with `reset`).
+    fn clear(&mut self) -> VecDeque<Entry> {
+        self.witnesses = Witnesses::default();
+        std::mem::take(&mut self.entries)
     }
 }
 
@@ -240,9 +290,14 @@ impl Tracker {
         if count_global {
             let w = self.global.entry(f.ip).or_default();
             w.touched = seq;
+            w.witnesses.note(&entry, f.own);
             let n = w.push(entry.clone(), global_rule);
-            if n >= global_rule.max_retry as usize && !w.held(now) {
-                global_trip = Some(std::mem::take(&mut w.entries));
+            let newest = w.entries.back().map_or(ts, |e| e.ts);
+            if n >= global_rule.max_retry as usize
+                && !w.held(now)
+                && w.witnesses.corroborate(newest, global_rule)
+            {
+                global_trip = Some(w.clear());
             }
         }
         let mut vm_trip = None;
@@ -253,7 +308,7 @@ impl Tracker {
             w.touched = seq;
             let n = w.push(entry, &vm_rule);
             if n >= vm_rule.max_retry as usize && !w.held(now) && !global_held {
-                vm_trip = Some(std::mem::take(&mut w.entries));
+                vm_trip = Some(w.clear());
             }
         }
         if let Some(entries) = global_trip {
@@ -266,7 +321,7 @@ impl Tracker {
             for ((ip, _), w) in self.per_vm.iter_mut() {
                 if *ip == f.ip {
                     w.held_until = Some(now + span(trip.ban_time));
-                    w.entries.clear();
+                    w.clear();
                 }
             }
             return Some(trip);
@@ -360,10 +415,10 @@ impl Tracker {
         match mode {
             OnSuccess::Reset => {
                 if let Some(w) = self.global.get_mut(&ip) {
-                    w.entries.clear();
+                    w.clear();
                 }
                 if let Some(w) = self.per_vm.get_mut(&(ip, Arc::from(vm))) {
-                    w.entries.clear();
+                    w.clear();
                 }
             }
             OnSuccess::Annotate => {
