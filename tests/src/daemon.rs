@@ -11,7 +11,11 @@ use crate::netns::{NetnsPair, SENSOR_IF, run_in};
 
 /// The `netguard` binary of the profile the caller was built with: next to a bench binary
 /// (`target/<profile>/`), or one level up from a test (`target/<profile>/deps/`).
+/// `NETGUARD_BIN` overrides it (a benchmark comparing against another build).
 pub fn netguard_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NETGUARD_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("current exe");
     let dirs = exe.ancestors().skip(1).take(2);
     let found = dirs.map(|d| d.join("netguard")).find(|b| b.is_file());

@@ -126,6 +126,9 @@ fn exported() -> (BTreeSet<String>, BTreeSet<String>) {
     // The daemon's exposition: the base metrics plus those the detection loop registers at start.
     let m = Metrics::new();
     netguard_user::sensor::SensorMetrics::register(&m);
+    m.registry()
+        .register(Box::new(netguard_user::control::caps::capped_counter()))
+        .unwrap();
     let text = m.render();
     let helped = text
         .lines()

@@ -118,6 +118,23 @@ impl CapState {
     }
 }
 
+/// `netguard_response_capped_total{cap}`, with both labels present from the start. The daemon
+/// registers the control plane's instance in its registry.
+pub fn capped_counter() -> prometheus::IntCounterVec {
+    let c = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "netguard_response_capped_total",
+            "Automatic blocks refused by a cap, by cap (rate: blocks per minute; reserve: blocklist capacity kept for people and feeds).",
+        ),
+        &["cap"],
+    )
+    .expect("valid counter vec");
+    for cap in [Cap::Rate, Cap::Reserve] {
+        c.with_label_values(&[cap.label()]);
+    }
+    c
+}
+
 /// A refused automatic block, for the caller's alert.
 #[derive(Clone, Debug)]
 pub struct Capped {

@@ -125,14 +125,7 @@ impl Control {
     pub async fn start_with_trust(cfg: ControlConfig, dp: Arc<Mutex<Datapath>>, store: Arc<dyn Store>, trust: Trust) -> Result<Self, ControlError> {
         let (push, _) = broadcast::channel(4096);
         let hits = Mutex::new(HitAlerts::new(cfg.hit_alert_cooldown));
-        let capped_total = prometheus::IntCounterVec::new(
-            prometheus::Opts::new("netguard_response_capped_total", "Automatic blocks refused by a cap, by cap (rate: blocks per minute; reserve: blocklist capacity kept for people and feeds)."),
-            &["cap"],
-        )
-        .expect("valid counter vec");
-        for cap in [Cap::Rate, Cap::Reserve] {
-            capped_total.with_label_values(&[cap.label()]);
-        }
+        let capped_total = caps::capped_counter();
         let control = Control {
             inner: Arc::new(Inner {
                 caps: Mutex::new(caps::CapState::new(cfg.auto_caps.clone())),

@@ -1,9 +1,10 @@
 //! Detection benchmark (`cargo xtask bench`, third part):
 //! 1. inference cost of the shipped model per feature vector, over the shipped lab data set;
-//! 2. time from attack start to the alert on the WebSocket, per class: the real daemon with the
-//!    shipped model on a test veth, a WebSocket client connected before the tool starts, and the
-//!    real tool (hping3, nmap) bounded in packets and time. Each run gets fresh namespaces and a
-//!    fresh daemon, so no block or cooldown from an earlier run changes the next.
+//! 2. time from attack start to the alert and to the block on the WebSocket, per class: the real
+//!    daemon with the shipped model on a test veth, a WebSocket client connected before the tool
+//!    starts, and the real tool (hping3, nmap) bounded in packets and time. Each run gets fresh
+//!    namespaces and a fresh daemon, so no block or cooldown from an earlier run changes the next.
+//!    `NETGUARD_BIN=path/to/netguard` measures another build (e.g. the previous release) the same way.
 //!
 //! SSH brute force is measured from the sshd log by netguard-bench-authlog (failures until the
 //! block, and log line to kernel drop).
@@ -37,6 +38,27 @@ fn main() {
         return;
     }
     time_to_alert();
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// "median M ms (goal ...×), worst W ms; runs in order: ..." for one class and one measure.
+fn summary(times: &[Duration]) -> String {
+    let order: Vec<String> = times.iter().map(|t| format!("{:.0}", ms(*t))).collect();
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    match sorted.get(sorted.len() / 2) {
+        Some(m) => format!(
+            "median {:>5.0} ms ({:.2}× the 1 s goal), worst {:.0} ms; runs in order: {} ms",
+            ms(*m),
+            ms(*m) / 1000.0,
+            ms(*sorted.last().unwrap()),
+            order.join(", ")
+        ),
+        None => "none in any run".into(),
+    }
 }
 
 /// ns per `predict` over every row of the shipped data set, repeated to at least 2M predictions.
@@ -84,47 +106,37 @@ const ATTACKS: [Attack; 4] = [
 ];
 
 fn time_to_alert() {
-    println!("== time from attack start to the alert on the WebSocket ({RUNS} runs per class, fresh daemon each, start phases spread over the 1 s tick)");
-    let mut all_ok = true;
+    let bin = netguard_tests::daemon::netguard_bin();
+    println!("== time from attack start to the alert and to the block on the WebSocket ({RUNS} runs per class, fresh daemon each, start phases spread over the 1 s tick; daemon {})", bin.display());
     for (ci, a) in ATTACKS.iter().enumerate() {
-        let mut times = Vec::new();
+        let (mut alert, mut block) = (Vec::new(), Vec::new());
         for run in 0..RUNS {
             match one_run(a, ci * RUNS + run) {
-                Ok(t) => times.push(t),
-                Err(e) => {
-                    all_ok = false;
-                    println!("   {}: run {}: {e}", a.class, run + 1);
+                Ok((t_alert, t_block)) => {
+                    alert.push(t_alert);
+                    match t_block {
+                        Some(t) => block.push(t),
+                        None => println!("   {}: run {}: alerted, but no block within {GIVE_UP:?}", a.class, run + 1),
+                    }
                 }
+                Err(e) => println!("   {}: run {}: {e}", a.class, run + 1),
             }
         }
-        let ms: Vec<String> = times.iter().map(|t| format!("{:.0}", t.as_secs_f64() * 1000.0)).collect();
-        times.sort();
-        let median = times.get(times.len() / 2).map(|t| t.as_secs_f64() * 1000.0);
-        let worst = times.last().map_or(0.0, |t| t.as_secs_f64() * 1000.0);
-        match median {
-            Some(m) => println!(
-                "   {:<11} median {m:>5.0} ms (goal < 1000 ms: {:.2}×), worst {worst:.0} ms; runs in order: {} ms",
-                a.class,
-                m / 1000.0,
-                ms.join(", ")
-            ),
-            None => println!("   {:<11} no alert in any run", a.class),
-        }
-    }
-    if !all_ok {
-        println!("   (some runs raised no alert within {GIVE_UP:?}; see above)");
+        println!("   {:<11} alert: {}", a.class, summary(&alert));
+        println!("   {:<11} block: {}", "", summary(&block));
     }
 }
 
 /// One attack against a fresh daemon: the time from spawning the tool to the first alert of the
-/// attack's class about the attacker's address.
-fn one_run(a: &Attack, n: usize) -> Result<Duration, String> {
+/// attack's class about the attacker's address, and to the push of the block of that address.
+fn one_run(a: &Attack, n: usize) -> Result<(Duration, Option<Duration>), String> {
     let lab = NetnsPair::new(&format!("bd{n}"));
     let state = tempfile::tempdir().map_err(|e| e.to_string())?;
     let daemon = Daemon::start(&lab, state.path(), API, TOKEN, &[]);
-    let alerts = ws_alerts(&lab.sensor);
+    let pushes = ws_pushes(&lab.sensor);
     let src = ATTACKER_V4[n % 2].to_string();
     let dst = SENSOR_V4.to_string();
+    let cidr = format!("{src}/32");
     let argv: Vec<String> = a
         .argv
         .iter()
@@ -135,18 +147,27 @@ fn one_run(a: &Attack, n: usize) -> Result<Duration, String> {
     thread::sleep(Duration::from_millis((n as u64 * 618) % 1000));
     let t0 = Instant::now();
     let mut tool = spawn_in(&lab.attacker, &argv);
-    let result = loop {
+    let (mut alert, mut block) = (None, None);
+    while alert.is_none() || block.is_none() {
         let left = GIVE_UP.saturating_sub(t0.elapsed());
-        match alerts.recv_timeout(left) {
-            Ok((at, v)) if v["class"] == a.class && v["src_ip"] == src.as_str() => break Ok(at - t0),
+        match pushes.recv_timeout(left) {
+            Ok((at, v)) if v["type"] == "alert" && v["class"] == a.class && v["src_ip"] == src.as_str() => {
+                alert.get_or_insert(at - t0);
+            }
+            Ok((at, v)) if v["type"] == "block" && v["entries"].as_array().is_some_and(|e| e.iter().any(|e| e["cidr"] == cidr.as_str())) => {
+                block.get_or_insert(at - t0);
+            }
             Ok(_) => continue,
-            Err(_) => break Err(format!("no {} alert within {GIVE_UP:?}", a.class)),
+            Err(_) => break,
         }
-    };
+    }
     let _ = tool.kill();
     let _ = tool.wait();
     drop(daemon);
-    result
+    match alert {
+        Some(t) => Ok((t, block)),
+        None => Err(format!("no {} alert within {GIVE_UP:?}", a.class)),
+    }
 }
 
 fn spawn_in(ns: &str, argv: &[String]) -> Child {
@@ -159,9 +180,9 @@ fn spawn_in(ns: &str, argv: &[String]) -> Child {
         .expect("tool starts")
 }
 
-/// A WebSocket client in the sensor namespace; every alert it receives goes to the channel with its
-/// arrival time. Returns once connected.
-fn ws_alerts(ns: &str) -> mpsc::Receiver<(Instant, Value)> {
+/// A WebSocket client in the sensor namespace; every alert and block it receives goes to the channel
+/// with its arrival time. Returns once connected.
+fn ws_pushes(ns: &str) -> mpsc::Receiver<(Instant, Value)> {
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     let ns = ns.to_string();
@@ -181,7 +202,7 @@ fn ws_alerts(ns: &str) -> mpsc::Receiver<(Instant, Value)> {
             while let Some(Ok(msg)) = ws.next().await {
                 if let Ok(text) = msg.into_text()
                     && let Ok(v) = serde_json::from_str::<Value>(&text)
-                    && v["type"] == "alert"
+                    && (v["type"] == "alert" || v["type"] == "block")
                     && tx.send((Instant::now(), v)).is_err()
                 {
                     return;

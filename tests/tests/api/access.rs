@@ -214,7 +214,7 @@ async fn metrics_use_route_templates_and_kernel_counters() {
 }
 
 /// Every route the router serves, by method and template.
-const ROUTES: [(&str, &str); 29] = [
+const ROUTES: [(&str, &str); 30] = [
     ("get", "/api/v1/health"),
     ("get", "/metrics"),
     ("get", "/api/v1/blocklist"),
@@ -230,6 +230,7 @@ const ROUTES: [(&str, &str); 29] = [
     ("post", "/api/v1/block/per-vm"),
     ("delete", "/api/v1/block/{ip}"),
     ("get", "/api/v1/blocked-ips"),
+    ("get", "/api/v1/never-block"),
     ("get", "/api/v1/suspicious-ips"),
     ("get", "/api/v1/statistics"),
     ("get", "/api/v1/statistics/global"),

@@ -44,13 +44,6 @@ fn syn_flood(src: &str, at: i64) -> FeatureVector {
     )
 }
 
-fn with(mut v: FeatureVector, set: &[(F, f32)]) -> FeatureVector {
-    for (f, x) in set {
-        v.values[*f as usize] = *x;
-    }
-    v
-}
-
 /// Rules only (no model), so each test controls exactly what fires.
 fn detector(cfg: DetectConfig, sensor: &str) -> Detector {
     Detector::new(cfg, sensor, None)
