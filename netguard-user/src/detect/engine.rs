@@ -298,7 +298,7 @@ impl Detector {
             && !v.src.is_unspecified()
             && !v.src.is_loopback()
             && !self.allow.iter().any(|n| n.contains(&v.src));
-        let st = self.state.get_mut(&v.src)?;
+        let st = self.state.get(&v.src)?;
         let streak = st
             .streak
             .as_ref()
@@ -320,8 +320,11 @@ impl Detector {
         };
         let wants_block = wants_block && protected.is_none();
         // Evidence a forged source address could produce gets a limited response.
-        let proven = evidence::has_log_evidence(v)
-            || self.trust.as_ref().is_some_and(|t| t.handshakes.proven(v.src));
+        let handshake = self
+            .trust
+            .as_ref()
+            .is_some_and(|t| t.handshakes.proven(v.src));
+        let proven = handshake || evidence::has_log_evidence(v);
         let st = self.state.get_mut(&v.src)?;
         let cooldown =
             chrono::Duration::from_std(self.cfg.alert_cooldown).unwrap_or(chrono::Duration::MAX);
@@ -406,10 +409,7 @@ impl Detector {
             evidence.insert("never_block_origin".into(), serde_json::to_value(p.origin).unwrap_or_default());
         }
         if block.is_some() || protected.is_some() {
-            evidence.insert(
-                "handshake".into(),
-                (self.trust.as_ref().is_some_and(|t| t.handshakes.proven(v.src))).into(),
-            );
+            evidence.insert("handshake".into(), handshake.into());
             evidence.insert(
                 "response".into(),
                 if proven { "full" } else { "limited: no completed handshake and no log line, so the source may be forged" }.into(),
