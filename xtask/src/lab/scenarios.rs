@@ -447,6 +447,8 @@ pub fn plan(quick: bool, files: &Files) -> Vec<Scenario> {
         nmap(b, 4, false, "-sT -p 1-90 --max-rate 3", 40),
     ];
     p.add("port_scan_slow_everyday", "SYN scan at 5 probes/s, connect scan at 3 probes/s", EVERYDAY, 32, slow);
+    let udp_scan = nmap(b, 3, false, "-sU -p 1-1500 --max-rate 100", 40);
+    p.add("port_scan_udp_everyday", "UDP scan at 100 probes/s", EVERYDAY, 15, vec![udp_scan]);
     let spoof_icmp = spoofed(hping(b, 3, "--icmp -d 100", 2500, 10));
     p.add("icmp_flood_spoofed_everyday", "random sources, 2500 pps", EVERYDAY, 10, vec![spoof_icmp]);
     p.list
