@@ -102,7 +102,11 @@ pub fn run(args: &TrainArgs) -> Result<TrainOutcome, DetectError> {
     if let Some(path) = &args.evaluate {
         let model = Model::load(path)?;
         let report = evaluate_model(&model, data.x.view(), &data.labels);
-        println!("\n{} on every row of {}:\n", path.display(), args.data.display());
+        println!(
+            "\n{} on every row of {}:\n",
+            path.display(),
+            args.data.display()
+        );
         // Every row here, not a held-out share.
         print!("{}", metrics_text(&report).replace("held-out rows", "rows"));
         return Ok(TrainOutcome {
@@ -129,9 +133,11 @@ pub fn run(args: &TrainArgs) -> Result<TrainOutcome, DetectError> {
         .clone()
         .unwrap_or_else(|| model_path.with_extension("md"));
     model.save(&model_path)?;
-    std::fs::write(&report_path, full_report(&model, &families)).map_err(|source| DetectError::Io {
-        path: report_path.clone(),
-        source,
+    std::fs::write(&report_path, full_report(&model, &families)).map_err(|source| {
+        DetectError::Io {
+            path: report_path.clone(),
+            source,
+        }
     })?;
     println!(
         "\nsaved model to {} and report to {}",

@@ -138,7 +138,12 @@ impl<'a> Check<'a> {
                 self.missing = Some(
                     alts.iter()
                         .map(|&(f, op, b)| {
-                            format!("{} {op} {} (is {})", f.name(), round(b), round(self.v.get(f)))
+                            format!(
+                                "{} {op} {} (is {})",
+                                f.name(),
+                                round(b),
+                                round(self.v.get(f))
+                            )
                         })
                         .collect::<Vec<_>>()
                         .join(" or "),
@@ -305,7 +310,10 @@ mod tests {
         ]);
         let facts = check("udp_flood", &flood, &cfg()).unwrap();
         let text: Vec<String> = facts.iter().map(Fact::describe).collect();
-        assert_eq!(text, ["udp_share_10s 1 >= 0.7", "pkts_per_s_1s 2000 >= 1000"]);
+        assert_eq!(
+            text,
+            ["udp_share_10s 1 >= 0.7", "pkts_per_s_1s 2000 >= 1000"]
+        );
 
         let syn = vector(&[
             (F::SynPerS1s, 2000.0),
@@ -333,7 +341,10 @@ mod tests {
             (F::SynRatio10s, 1.0),
             (F::HalfOpenRatio, 1.0),
         ]);
-        assert!(check("syn_flood", &slow, &cfg()).is_err(), "10 SYN/s fills no backlog");
+        assert!(
+            check("syn_flood", &slow, &cfg()).is_err(),
+            "10 SYN/s fills no backlog"
+        );
         // At an open port the flooder's kernel resets every SYN-ACK: no flow is half-open, every
         // flow is SYN-then-RST.
         let open_port = vector(&[
@@ -362,7 +373,10 @@ mod tests {
         ]);
         assert!(check("port_scan", &scan, &cfg()).is_ok());
         let sweep = vector(&[(F::DstHosts10s, 30.0), (F::PktsPerFlow10s, 1.0)]);
-        assert!(check("port_scan", &sweep, &cfg()).is_ok(), "a host sweep on one port");
+        assert!(
+            check("port_scan", &sweep, &cfg()).is_ok(),
+            "a host sweep on one port"
+        );
         // A monitoring host that checks 12 services, each with a full exchange.
         let monitor = vector(&[(F::DstPorts10s, 12.0), (F::PktsPerFlow10s, 9.0)]);
         assert!(check("port_scan", &monitor, &cfg()).is_err());

@@ -240,7 +240,10 @@ fn read_file(
             )
         })?;
         let src: IpAddr = cols[2].trim().parse().map_err(|_| {
-            row_err(n, format!("column `src`: `{}` is not an IP address", cols[2]))
+            row_err(
+                n,
+                format!("column `src`: `{}` is not an IP address", cols[2]),
+            )
         })?;
         labels.push(label);
         srcs.push(src);

@@ -229,12 +229,19 @@ pub fn markdown(scores: &[FamilyScore]) -> String {
             t,
             "| family | class | attack rows | judged | at/above floor | alerted | recall | benign rows | false alerts | |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
         );
-        for f in scores.iter().filter(|f| f.class != 0 && f.below_floor() == below) {
+        for f in scores
+            .iter()
+            .filter(|f| f.class != 0 && f.below_floor() == below)
+        {
             let _ = writeln!(t, "{}", markdown_row(f));
         }
         t
     };
-    let _ = writeln!(s, "### Attack families (goal: recall >= {RECALL_GOAL})\n\n{}", attack(false));
+    let _ = writeln!(
+        s,
+        "### Attack families (goal: recall >= {RECALL_GOAL})\n\n{}",
+        attack(false)
+    );
     let _ = writeln!(
         s,
         "### Attack families below the flood floor: not alerted by design\n\nMost of their judged rows stay \
@@ -320,7 +327,12 @@ pub fn summary(scores: &[FamilyScore]) -> String {
 /// The tables as plain text for the console.
 pub fn text(scores: &[FamilyScore]) -> String {
     let mut s = String::new();
-    let w = scores.iter().map(|f| f.family.len()).max().unwrap_or(10).max(10);
+    let w = scores
+        .iter()
+        .map(|f| f.family.len())
+        .max()
+        .unwrap_or(10)
+        .max(10);
     let _ = writeln!(
         s,
         "leave-one-family-out (each scenario judged by a model that never saw it, daemon gates applied)"
@@ -354,7 +366,9 @@ pub fn text(scores: &[FamilyScore]) -> String {
         }
     };
     part("attack families", &|f| f.class != 0 && !f.below_floor());
-    part("below the flood floor: not alerted by design", &|f| f.below_floor());
+    part("below the flood floor: not alerted by design", &|f| {
+        f.below_floor()
+    });
     part("benign families", &|f| f.class == 0);
     let _ = writeln!(s, "{}", summary(scores));
     s

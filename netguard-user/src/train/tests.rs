@@ -214,7 +214,10 @@ fn the_shipped_model_and_report_are_reproduced_from_the_shipped_data() {
         "the shipped model was trained with non-default parameters: `cargo xtask train` would not reproduce it"
     );
     let data = read_dataset(&root.join("models/lab-data"), &mut |_| {}).unwrap();
-    assert_eq!(data.summary.fingerprint, shipped.report.data.fingerprint, "shipped data set changed since training");
+    assert_eq!(
+        data.summary.fingerprint, shipped.report.data.fingerprint,
+        "shipped data set changed since training"
+    );
     let again = train(&data, &shipped.params, &mut |_| {}).unwrap();
     assert!(
         again.to_json() == std::fs::read_to_string(&model_path).unwrap(),
@@ -222,7 +225,10 @@ fn the_shipped_model_and_report_are_reproduced_from_the_shipped_data() {
     );
     let md = std::fs::read_to_string(root.join("models/default.md")).unwrap();
     assert!(
-        md.starts_with(&format!("{}\n## Leave-one-family-out", report_markdown(&again))),
+        md.starts_with(&format!(
+            "{}\n## Leave-one-family-out",
+            report_markdown(&again)
+        )),
         "the shipped report does not match the model"
     );
     // The leave-one-family-out section takes ~60 fits: all of them in release (the next test), a few
@@ -238,12 +244,23 @@ fn the_shipped_model_and_report_are_reproduced_from_the_shipped_data() {
     ];
     let scores =
         lofo::evaluate_some(&data, &shipped.params, &|f| few.contains(&f), &mut |_| {}).unwrap();
-    assert_eq!(scores.len(), few.len(), "a family of the check is gone from the data");
+    assert_eq!(
+        scores.len(),
+        few.len(),
+        "a family of the check is gone from the data"
+    );
     for f in &scores {
         let row = lofo::markdown_row(f);
-        assert!(md.contains(&row), "the report lacks `{row}`: run `cargo xtask train`");
+        assert!(
+            md.contains(&row),
+            "the report lacks `{row}`: run `cargo xtask train`"
+        );
     }
-    assert!(again.report.macro_f1 > 0.9, "macro F1 {}", again.report.macro_f1);
+    assert!(
+        again.report.macro_f1 > 0.9,
+        "macro F1 {}",
+        again.report.macro_f1
+    );
 }
 
 /// The whole shipped report, leave-one-family-out section included: about 60 fits, seconds in a release
@@ -283,8 +300,11 @@ fn evaluate_scores_a_given_model_on_every_row_and_writes_nothing() {
     assert!(eval.macro_f1 > 0.9, "{}", eval.macro_f1);
 }
 
+/// One hand-made row: label, source address, the features that are not 0.
+type Row<'a> = (&'a str, &'a str, &'a [(crate::detect::F, f32)]);
+
 /// A data set of hand-made rows, one family, with the given labels, sources and features.
-fn rows(spec: &[(&str, &str, &[(crate::detect::F, f32)])]) -> Dataset {
+fn rows(spec: &[Row<'_>]) -> Dataset {
     let mut values = Vec::new();
     let (mut labels, mut src) = (Vec::new(), Vec::new());
     for (label, addr, set) in spec {
@@ -317,33 +337,82 @@ fn lofo_scores_with_the_daemons_gates_and_evidence() {
         }],
     };
     let model = Model::new(TrainParams::default(), tree, Default::default()).unwrap();
-    let flood: &[(F, f32)] = &[(F::PktsPerS1s, 2000.0), (F::PktsPerS10s, 2000.0), (F::UdpShare10s, 1.0)];
+    let flood: &[(F, f32)] = &[
+        (F::PktsPerS1s, 2000.0),
+        (F::PktsPerS10s, 2000.0),
+        (F::UdpShare10s, 1.0),
+    ];
     let data = rows(&[
         // A download's ACKs: the verdict's own evidence (UDP share) stops it.
-        ("benign", "10.0.0.1", &[(F::PktsPerS1s, 2000.0), (F::PktsPerS10s, 2000.0), (F::TcpShare10s, 1.0)]),
+        (
+            "benign",
+            "10.0.0.1",
+            &[
+                (F::PktsPerS1s, 2000.0),
+                (F::PktsPerS10s, 2000.0),
+                (F::TcpShare10s, 1.0),
+            ],
+        ),
         // UDP at a flood's rate from a benign client: a false alert.
         ("benign", "10.0.0.2", flood),
         // Quiet in the closing tick: the daemon does not judge it.
-        ("benign", "10.0.0.3", &[(F::PktsPerS10s, 2000.0), (F::UdpShare10s, 1.0)]),
+        (
+            "benign",
+            "10.0.0.3",
+            &[(F::PktsPerS10s, 2000.0), (F::UdpShare10s, 1.0)],
+        ),
         // The aggregate of three small sources: not judged either.
-        ("benign", "0.0.0.0", &[(F::PktsPerS1s, 2000.0), (F::PktsPerS10s, 2000.0), (F::UdpShare10s, 1.0), (F::Sources, 3.0)]),
+        (
+            "benign",
+            "0.0.0.0",
+            &[
+                (F::PktsPerS1s, 2000.0),
+                (F::PktsPerS10s, 2000.0),
+                (F::UdpShare10s, 1.0),
+                (F::Sources, 3.0),
+            ],
+        ),
         ("udp_flood", "10.0.12.1", flood),
         // 100 pps: below the floor, judged but not eligible.
-        ("udp_flood", "10.0.12.2", &[(F::PktsPerS1s, 100.0), (F::PktsPerS10s, 100.0), (F::UdpShare10s, 1.0)]),
+        (
+            "udp_flood",
+            "10.0.12.2",
+            &[
+                (F::PktsPerS1s, 100.0),
+                (F::PktsPerS10s, 100.0),
+                (F::UdpShare10s, 1.0),
+            ],
+        ),
         // Gone quiet: not judged.
-        ("udp_flood", "10.0.12.3", &[(F::PktsPerS10s, 900.0), (F::UdpShare10s, 1.0)]),
+        (
+            "udp_flood",
+            "10.0.12.3",
+            &[(F::PktsPerS10s, 900.0), (F::UdpShare10s, 1.0)],
+        ),
     ]);
     let all: Vec<usize> = (0..data.labels.len()).collect();
     let s = lofo::score_family(&model, &data, "f", &all, &DetectConfig::default());
     assert_eq!(s.class, crate::detect::class_index("udp_flood").unwrap());
-    assert_eq!((s.attack_rows, s.judged, s.eligible, s.detected), (3, 2, 1, 1));
+    assert_eq!(
+        (s.attack_rows, s.judged, s.eligible, s.detected),
+        (3, 2, 1, 1)
+    );
     assert_eq!(s.benign_rows, 4);
     assert_eq!(s.false_alerts.get("udp_flood"), Some(&1));
     assert_eq!(s.rejected, 1);
-    assert!(!s.below_floor() && !s.meets_goal(), "a false alert misses the goal");
-    assert!((s.false_per_min() - 15.0).abs() < 1e-9, "1 of 4 rows is 15 per minute");
-    let md = lofo::markdown(&[s.clone()]);
-    assert!(md.contains("| `f` | udp_flood | 3 | 2 | 1 | 1 | 1.000 | 4 | 1 (1 udp_flood) | **miss** |"), "{md}");
+    assert!(
+        !s.below_floor() && !s.meets_goal(),
+        "a false alert misses the goal"
+    );
+    assert!(
+        (s.false_per_min() - 15.0).abs() < 1e-9,
+        "1 of 4 rows is 15 per minute"
+    );
+    let md = lofo::markdown(std::slice::from_ref(&s));
+    assert!(
+        md.contains("| `f` | udp_flood | 3 | 2 | 1 | 1 | 1.000 | 4 | 1 (1 udp_flood) | **miss** |"),
+        "{md}"
+    );
 }
 
 #[test]
@@ -366,5 +435,8 @@ fn lofo_holds_out_each_family_and_says_which_miss() {
         assert!(s.detected == 0, "{s:?}");
     }
     let text = lofo::text(&scores);
-    assert!(text.contains("benign families") && text.contains("missed:"), "{text}");
+    assert!(
+        text.contains("benign families") && text.contains("missed:"),
+        "{text}"
+    );
 }

@@ -49,7 +49,11 @@ fn curl(src: Ipv4Addr, opts: &str, path: &str) -> String {
 
 /// A download of the big file, `rate` as curl's --limit-rate ("0": unlimited), `max` seconds at most.
 fn download(src: Ipv4Addr, rate: &str, max: u32) -> String {
-    curl(src, &format!("--limit-rate {rate} --max-time {max}"), "big.bin")
+    curl(
+        src,
+        &format!("--limit-rate {rate} --max-time {max}"),
+        "big.bin",
+    )
 }
 
 /// An upload (PUT) of the big file's first bytes, as `download`.
@@ -108,10 +112,30 @@ fn udp(files: &Files, src: Ipv4Addr, port: u16, mode: &str, secs: u32, args: &st
 pub fn download_limited(secs: u32) -> Vec<Step> {
     let max = secs.min(60);
     vec![
-        step(&BEN_A, a(0), secs, for_secs(secs, &download(a(0), "200k", max))),
-        step(&BEN_A, a(1), secs, for_secs(secs, &download(a(1), "1M", max))),
-        step(&BEN_B, b(0), secs, for_secs(secs, &download(b(0), "10M", max))),
-        step(&BEN_B, b(1), secs, for_secs(secs, &download(b(1), "50M", max))),
+        step(
+            &BEN_A,
+            a(0),
+            secs,
+            for_secs(secs, &download(a(0), "200k", max)),
+        ),
+        step(
+            &BEN_A,
+            a(1),
+            secs,
+            for_secs(secs, &download(a(1), "1M", max)),
+        ),
+        step(
+            &BEN_B,
+            b(0),
+            secs,
+            for_secs(secs, &download(b(0), "10M", max)),
+        ),
+        step(
+            &BEN_B,
+            b(1),
+            secs,
+            for_secs(secs, &download(b(1), "50M", max)),
+        ),
     ]
 }
 
@@ -119,16 +143,40 @@ pub fn download_limited(secs: u32) -> Vec<Step> {
 pub fn download_unlimited(secs: u32) -> Vec<Step> {
     vec![
         step(&BEN_A, a(0), secs, for_secs(secs, &download(a(0), "0", 5))),
-        step(&BEN_B, b(0), secs, format!("sleep {}; {}", secs / 2, for_secs(secs / 2, &download(b(0), "0", 5)))),
+        step(
+            &BEN_B,
+            b(0),
+            secs,
+            format!(
+                "sleep {}; {}",
+                secs / 2,
+                for_secs(secs / 2, &download(b(0), "0", 5))
+            ),
+        ),
     ]
 }
 
 /// Uploads (HTTP PUT of a large body) at 1 and 10 MB/s and unlimited.
 pub fn upload_rates(files: &Files, secs: u32) -> Vec<Step> {
     vec![
-        step(&BEN_A, a(0), secs, for_secs(secs, &upload(files, a(0), "1M", secs))),
-        step(&BEN_A, a(1), secs, for_secs(secs, &upload(files, a(1), "10M", secs))),
-        step(&BEN_B, b(0), secs, for_secs(secs, &upload(files, b(0), "0", 4))),
+        step(
+            &BEN_A,
+            a(0),
+            secs,
+            for_secs(secs, &upload(files, a(0), "1M", secs)),
+        ),
+        step(
+            &BEN_A,
+            a(1),
+            secs,
+            for_secs(secs, &upload(files, a(1), "10M", secs)),
+        ),
+        step(
+            &BEN_B,
+            b(0),
+            secs,
+            for_secs(secs, &upload(files, b(0), "0", 4)),
+        ),
     ]
 }
 
@@ -165,12 +213,42 @@ pub fn ssh_copy(files: &Files, secs: u32) -> Vec<Step> {
     let big = files.big.display().to_string();
     let sink = format!("{LAB_USER}@{SENSOR_V4}:/dev/null");
     vec![
-        step(&BEN_A, a(0), secs, for_secs(secs, &scp(files, a(0), 20_000, &remote, "/dev/null"))),
-        step(&BEN_A, a(1), secs, for_secs(secs, &scp(files, a(1), 0, &remote, "/dev/null"))),
-        step(&BEN_B, b(0), secs, for_secs(secs, &scp(files, b(0), 8_000, &big, &sink))),
-        step(&BEN_B, b(1), secs, for_secs(secs, &scp(files, b(1), 0, &big, &sink))),
-        step(&BEN_B, b(2), secs, for_secs(secs, &format!(
-            "head -c 200000000 /dev/zero | timeout 10 {}", ssh(files, b(2), "cat > /dev/null")))),
+        step(
+            &BEN_A,
+            a(0),
+            secs,
+            for_secs(secs, &scp(files, a(0), 20_000, &remote, "/dev/null")),
+        ),
+        step(
+            &BEN_A,
+            a(1),
+            secs,
+            for_secs(secs, &scp(files, a(1), 0, &remote, "/dev/null")),
+        ),
+        step(
+            &BEN_B,
+            b(0),
+            secs,
+            for_secs(secs, &scp(files, b(0), 8_000, &big, &sink)),
+        ),
+        step(
+            &BEN_B,
+            b(1),
+            secs,
+            for_secs(secs, &scp(files, b(1), 0, &big, &sink)),
+        ),
+        step(
+            &BEN_B,
+            b(2),
+            secs,
+            for_secs(
+                secs,
+                &format!(
+                    "head -c 200000000 /dev/zero | timeout 10 {}",
+                    ssh(files, b(2), "cat > /dev/null")
+                ),
+            ),
+        ),
     ]
 }
 
@@ -317,9 +395,24 @@ pub fn monitoring(files: &Files, secs: u32) -> Vec<Step> {
 /// Voice: one call (50 packets/s of 172 bytes), four and sixteen (800/s) from one address.
 pub fn voice(files: &Files, secs: u32) -> Vec<Step> {
     vec![
-        step(&BEN_A, a(0), secs, udp(files, a(0), 16384, "rtp", secs, "1")),
-        step(&BEN_A, a(1), secs, udp(files, a(1), 16400, "rtp", secs, "4")),
-        step(&BEN_B, b(0), secs, udp(files, b(0), 20000, "rtp", secs, "16")),
+        step(
+            &BEN_A,
+            a(0),
+            secs,
+            udp(files, a(0), 16384, "rtp", secs, "1"),
+        ),
+        step(
+            &BEN_A,
+            a(1),
+            secs,
+            udp(files, a(1), 16400, "rtp", secs, "4"),
+        ),
+        step(
+            &BEN_B,
+            b(0),
+            secs,
+            udp(files, b(0), 20000, "rtp", secs, "16"),
+        ),
     ]
 }
 
@@ -327,8 +420,18 @@ pub fn voice(files: &Files, secs: u32) -> Vec<Step> {
 /// four a second of 60.
 pub fn quic(files: &Files, secs: u32) -> Vec<Step> {
     vec![
-        step(&BEN_A, a(0), secs, udp(files, a(0), 443, "quic", secs, "1 20")),
-        step(&BEN_B, b(0), secs, udp(files, b(0), 443, "quic", secs, "4 60")),
+        step(
+            &BEN_A,
+            a(0),
+            secs,
+            udp(files, a(0), 443, "quic", secs, "1 20"),
+        ),
+        step(
+            &BEN_B,
+            b(0),
+            secs,
+            udp(files, b(0), 443, "quic", secs, "4 60"),
+        ),
     ]
 }
 
@@ -336,10 +439,30 @@ pub fn quic(files: &Files, secs: u32) -> Vec<Step> {
 /// query from a new source port.
 pub fn dns_ntp(files: &Files, secs: u32) -> Vec<Step> {
     vec![
-        step(&BEN_A, a(0), secs, udp(files, a(0), 53, "query", secs, "5 40")),
-        step(&BEN_A, a(1), secs, udp(files, a(1), 53, "query", secs, "50 45")),
-        step(&BEN_B, b(0), secs, udp(files, b(0), 53, "query", secs, "200 60")),
-        step(&BEN_B, b(1), secs, udp(files, b(1), 123, "query", secs, "0.5 48")),
+        step(
+            &BEN_A,
+            a(0),
+            secs,
+            udp(files, a(0), 53, "query", secs, "5 40"),
+        ),
+        step(
+            &BEN_A,
+            a(1),
+            secs,
+            udp(files, a(1), 53, "query", secs, "50 45"),
+        ),
+        step(
+            &BEN_B,
+            b(0),
+            secs,
+            udp(files, b(0), 53, "query", secs, "200 60"),
+        ),
+        step(
+            &BEN_B,
+            b(1),
+            secs,
+            udp(files, b(1), 123, "query", secs, "0.5 48"),
+        ),
     ]
 }
 
@@ -351,9 +474,8 @@ pub fn ssh_sessions(files: &Files, secs: u32) -> Vec<Step> {
         "(for i in $(seq {lines}); do echo 'date; ls / | wc -l'; sleep 0.3; done) | {}",
         ssh(files, a(0), "sh")
     );
-    let login = |src: Ipv4Addr, gap: &str| {
-        format!("{}; sleep {gap}", ssh(files, src, "id; uptime"))
-    };
+    let login =
+        |src: Ipv4Addr, gap: &str| format!("{}; sleep {gap}", ssh(files, src, "id; uptime"));
     let trickle = format!(
         "(for i in $(seq {}); do head -c 2000 /dev/zero; sleep 0.1; done) | {}",
         secs * 10,
@@ -380,15 +502,28 @@ pub fn background(files: &Files) -> Vec<Step> {
     );
     vec![
         step(&BEN_A, a(0), s, for_secs(s, &download(a(0), "5M", 20))),
-        step(&BEN_A, a(1), s, for_secs(s, &format!("{}; sleep 3", parallel(a(1), 16, "index.html")))),
+        step(
+            &BEN_A,
+            a(1),
+            s,
+            for_secs(s, &format!("{}; sleep 3", parallel(a(1), 16, "index.html"))),
+        ),
         step(&BEN_A, a(2), s, interactive),
         step(&BEN_B, b(0), s, udp(files, b(0), 16384, "rtp", s, "2")),
         step(&BEN_B, b(1), s, udp(files, b(1), 53, "query", s, "20 45")),
-        step(&BEN_B, b(2), s, format!(
-            "{} & {}; wait",
-            udp(files, b(2), 443, "quic", s, "1 20"),
-            for_secs(s, &format!("{}; sleep 1", curl(b(2), "--max-time 3", "api.json")))
-        )),
+        step(
+            &BEN_B,
+            b(2),
+            s,
+            format!(
+                "{} & {}; wait",
+                udp(files, b(2), 443, "quic", s, "1 20"),
+                for_secs(
+                    s,
+                    &format!("{}; sleep 1", curl(b(2), "--max-time 3", "api.json"))
+                )
+            ),
+        ),
     ]
 }
 

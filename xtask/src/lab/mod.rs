@@ -406,6 +406,9 @@ mod tests {
         assert!(selects("benign_*", "benign_voice"));
         assert!(selects("*_everyday", "syn_flood_everyday"));
         assert!(!selects("*_everyday", "syn_flood_80_1k"));
-        assert!(!selects("benign_*_x", "benign_x"), "head and tail must not overlap");
+        assert!(
+            !selects("benign_*_x", "benign_x"),
+            "head and tail must not overlap"
+        );
     }
 }

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use super::addrs::{self, ATT_A, ATT_B, Host, NET_ICMP, NET_SCAN, NET_SSH, NET_SYN, NET_UDP};
 use super::addrs::{SENSOR_V4, SENSOR_V6};
-use super::{benign, everyday};
 use super::record::Label;
 use super::services::{Files, LAB_USER};
 use super::topology::HOST_IF;
+use super::{benign, everyday};
 
 /// One tool run inside a lab namespace.
 pub struct Step {

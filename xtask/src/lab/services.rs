@@ -180,7 +180,10 @@ pub fn prepare(dir: &Path, brute_words: usize) -> Result<(Files, String)> {
         .map(|i| format!("lab_metric_total{{series=\"{i}\"}} {}\n", i * 7))
         .collect();
     fs::write(www.join("metrics"), metrics)?;
-    fs::write(www.join("api.json"), "{\"status\":\"ok\",\"items\":[1,2,3]}\n")?;
+    fs::write(
+        www.join("api.json"),
+        "{\"status\":\"ok\",\"items\":[1,2,3]}\n",
+    )?;
 
     fs::write(dir.join("udp_echo.py"), UDP_ECHO)?;
     fs::write(dir.join("udp_client.py"), UDP_CLIENT)?;
