@@ -1,5 +1,6 @@
 //! `netguard train`: fits the detection model on a labelled data set recorded by the lab, evaluates it
-//! on a stratified held-out split, and writes the model (JSON) and a Markdown report. Same data and
+//! on a stratified held-out split and family by family (`lofo`: each scenario judged by a model that
+//! never saw it), and writes the model (JSON) and a Markdown report. Same data and
 //! seed give byte-identical files, so `cargo xtask train` can reproduce the shipped model.
 
 use std::{
@@ -36,6 +37,9 @@ pub struct TrainArgs {
     /// Use at most N rows per class (a seeded sample): keeps one huge scenario from drowning the rest.
     #[arg(long)]
     pub max_per_class: Option<usize>,
+    /// Weigh classes equally when choosing splits (see `TrainParams::balance_classes`).
+    #[arg(long, default_value_t = TrainParams::default().balance_classes, action = clap::ArgAction::Set)]
+    pub balance_classes: bool,
     /// Model file; default netguard-user/models/default.json inside the repository, else ./model.json.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -80,6 +84,7 @@ pub fn run(args: &TrainArgs) -> Result<TrainOutcome, DetectError> {
         seed: args.seed,
         holdout: args.holdout,
         max_per_class: args.max_per_class,
+        balance_classes: args.balance_classes,
     };
     let mut say = |s: &str| println!("{s}");
     say(&format!(
@@ -97,7 +102,11 @@ pub fn run(args: &TrainArgs) -> Result<TrainOutcome, DetectError> {
     if let Some(path) = &args.evaluate {
         let model = Model::load(path)?;
         let report = evaluate_model(&model, data.x.view(), &data.labels);
-        println!("\n{} on every row of {}:\n", path.display(), args.data.display());
+        println!(
+            "\n{} on every row of {}:\n",
+            path.display(),
+            args.data.display()
+        );
         // Every row here, not a held-out share.
         print!("{}", metrics_text(&report).replace("held-out rows", "rows"));
         return Ok(TrainOutcome {
@@ -110,15 +119,25 @@ pub fn run(args: &TrainArgs) -> Result<TrainOutcome, DetectError> {
     let model = train(&data, &params, &mut say)?;
     println!();
     print!("{}", metrics_text(&model.report));
+    let t = Instant::now();
+    let families = lofo::evaluate(&data, &params, &mut |_| {})?;
+    println!(
+        "\n{} families held out one at a time in {:.1?}",
+        families.len(),
+        t.elapsed()
+    );
+    print!("{}", lofo::text(&families));
     let model_path = args.out.clone().unwrap_or_else(default_out);
     let report_path = args
         .report
         .clone()
         .unwrap_or_else(|| model_path.with_extension("md"));
     model.save(&model_path)?;
-    std::fs::write(&report_path, report_markdown(&model)).map_err(|source| DetectError::Io {
-        path: report_path.clone(),
-        source,
+    std::fs::write(&report_path, full_report(&model, &families)).map_err(|source| {
+        DetectError::Io {
+            path: report_path.clone(),
+            source,
+        }
     })?;
     println!(
         "\nsaved model to {} and report to {}",
@@ -271,7 +290,13 @@ fn abbreviate(c: &str) -> &str {
     }
 }
 
-/// The Markdown report shipped next to the model. It holds nothing time-dependent, so it is as
+/// The report shipped next to the model: the model's own part, then the leave-one-family-out tables
+/// (kept out of the model file: the daemon has no use for them).
+pub fn full_report(m: &Model, families: &[lofo::FamilyScore]) -> String {
+    format!("{}\n{}", report_markdown(m), lofo::markdown(families))
+}
+
+/// The model's part of the Markdown report shipped next to it. It holds nothing time-dependent, so it is as
 /// reproducible as the model.
 pub fn report_markdown(m: &Model) -> String {
     let r = &m.report;
@@ -290,6 +315,7 @@ pub fn report_markdown(m: &Model) -> String {
         p.max_per_class
             .map(|n| format!(" --max-per-class {n}"))
             .unwrap_or_default()
+            + &format!(" --balance-classes {}", p.balance_classes)
     );
     let _ = writeln!(
         s,
@@ -346,6 +372,8 @@ pub fn report_markdown(m: &Model) -> String {
     let _ = writeln!(s, "\n```\n{}```", m.tree_text());
     s
 }
+
+pub mod lofo;
 
 #[cfg(test)]
 mod tests;

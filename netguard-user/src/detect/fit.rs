@@ -45,6 +45,11 @@ pub struct TrainParams {
     /// records a row per forged address) cannot drown the others.
     #[serde(default)]
     pub max_per_class: Option<usize>,
+    /// Weigh each class's rows so that every class carries the same total weight when splits are
+    /// chosen (leaf verdicts still count rows). The lab records far more benign windows than attack
+    /// ones; unweighted, a split that isolates a few dozen attack rows barely moves the Gini impurity.
+    #[serde(default)]
+    pub balance_classes: bool,
 }
 
 impl Default for TrainParams {
@@ -55,6 +60,7 @@ impl Default for TrainParams {
             seed: 42,
             holdout: 0.25,
             max_per_class: None,
+            balance_classes: true,
         }
     }
 }
@@ -163,8 +169,15 @@ pub fn fit(
         )));
     }
     let targets = Array1::from(y.to_vec());
-    let ds = DatasetBase::new(x, targets.view())
-        .with_weights(tie_breaking_weights(y.len(), params.seed));
+    let mut weights = tie_breaking_weights(y.len(), params.seed);
+    if params.balance_classes {
+        let per_class = counts(&(0..y.len()).collect::<Vec<_>>(), y);
+        let present = per_class.iter().filter(|&&n| n > 0).count() as f32;
+        for (w, &c) in weights.iter_mut().zip(y) {
+            *w *= y.len() as f32 / (present * per_class[c] as f32);
+        }
+    }
+    let ds = DatasetBase::new(x, targets.view()).with_weights(weights);
     let leaf = params.min_samples_leaf.max(1) as f32;
     let fitted: DecisionTree<f32, usize> = DecisionTree::params()
         .split_quality(SplitQuality::Gini)

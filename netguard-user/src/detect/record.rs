@@ -13,6 +13,7 @@
 use std::{
     collections::BTreeMap,
     io::{self, BufRead, Write},
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -50,7 +51,21 @@ pub struct Dataset {
     pub x: Array2<f32>,
     /// Index into [`CLASSES`] per row.
     pub labels: Vec<usize>,
+    /// Index into `families` per row: the scenario the row was recorded in.
+    pub family: Vec<usize>,
+    /// Scenario families, sorted: a CSV file's stem (`benign_voice` for `run3-everyday/benign_voice.csv`).
+    /// Files of the same stem in several runs are one family: the same scenario recorded again.
+    pub families: Vec<String>,
+    /// Source address per row (the aggregate of small and untracked sources is `0.0.0.0`).
+    pub src: Vec<IpAddr>,
     pub summary: DataSummary,
+}
+
+/// The family (scenario) of a data set file: its stem.
+pub fn family_of(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn csv_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DetectError> {
@@ -96,9 +111,18 @@ pub fn read_dataset(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Datase
     let mut labels = Vec::new();
     let mut fnv = Fnv(0xcbf2_9ce4_8422_2325);
     let mut names = Vec::new();
+    let mut families: Vec<String> = files.iter().map(|p| family_of(p)).collect();
+    families.sort();
+    families.dedup();
+    let mut family = Vec::new();
+    let mut src = Vec::new();
     for path in &files {
         let before = labels.len();
-        read_file(path, &header, &mut values, &mut labels, &mut fnv)?;
+        read_file(path, &header, &mut values, &mut labels, &mut src, &mut fnv)?;
+        let f = families
+            .binary_search(&family_of(path))
+            .expect("every file's family is listed");
+        family.resize(labels.len(), f);
         let rel = path.strip_prefix(dir).unwrap_or(path).display().to_string();
         progress(&format!("{rel}: {} rows", labels.len() - before));
         names.push(rel);
@@ -118,6 +142,9 @@ pub fn read_dataset(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Datase
     Ok(Dataset {
         x,
         labels,
+        family,
+        families,
+        src,
         summary: DataSummary {
             files: names,
             rows_per_class,
@@ -131,6 +158,7 @@ fn read_file(
     header: &str,
     values: &mut Vec<f32>,
     labels: &mut Vec<usize>,
+    srcs: &mut Vec<IpAddr>,
     fnv: &mut Fnv,
 ) -> Result<(), DetectError> {
     let file = std::fs::File::open(path).map_err(|source| DetectError::Io {
@@ -211,7 +239,14 @@ fn read_file(
                 ),
             )
         })?;
+        let src: IpAddr = cols[2].trim().parse().map_err(|_| {
+            row_err(
+                n,
+                format!("column `src`: `{}` is not an IP address", cols[2]),
+            )
+        })?;
         labels.push(label);
+        srcs.push(src);
         fnv.eat(&[label as u8]);
         for (i, c) in cols[3..].iter().enumerate() {
             let v: f32 = c

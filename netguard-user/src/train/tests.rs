@@ -30,6 +30,7 @@ fn args(data: &Path, out: &Path) -> TrainArgs {
         seed: 7,
         holdout: 0.3,
         max_per_class: None,
+        balance_classes: false,
         out: Some(out.join("model.json")),
         report: None,
         evaluate: None,
@@ -213,18 +214,72 @@ fn the_shipped_model_and_report_are_reproduced_from_the_shipped_data() {
         "the shipped model was trained with non-default parameters: `cargo xtask train` would not reproduce it"
     );
     let data = read_dataset(&root.join("models/lab-data"), &mut |_| {}).unwrap();
-    assert_eq!(data.summary.fingerprint, shipped.report.data.fingerprint, "shipped data set changed since training");
+    assert_eq!(
+        data.summary.fingerprint, shipped.report.data.fingerprint,
+        "shipped data set changed since training"
+    );
     let again = train(&data, &shipped.params, &mut |_| {}).unwrap();
     assert!(
         again.to_json() == std::fs::read_to_string(&model_path).unwrap(),
         "retraining gives a different model: run `cargo xtask train` and commit the result"
     );
-    assert_eq!(
-        report_markdown(&again),
-        std::fs::read_to_string(root.join("models/default.md")).unwrap(),
+    let md = std::fs::read_to_string(root.join("models/default.md")).unwrap();
+    assert!(
+        md.starts_with(&format!(
+            "{}\n## Leave-one-family-out",
+            report_markdown(&again)
+        )),
         "the shipped report does not match the model"
     );
-    assert!(again.report.macro_f1 > 0.9, "macro F1 {}", again.report.macro_f1);
+    // The leave-one-family-out section takes ~60 fits: all of them in release (the next test), a few
+    // families of each kind here, each of whose rows must be in the report as it is.
+    let few = [
+        "benign_download_unlimited",
+        "benign_rates",
+        "syn_flood_fixed_ports",
+        "udp_flood_everyday",
+        "icmp_flood_spoofed_2k",
+        "port_scan_slow_t2",
+        "ssh_brute_force_v6",
+    ];
+    let scores =
+        lofo::evaluate_some(&data, &shipped.params, &|f| few.contains(&f), &mut |_| {}).unwrap();
+    assert_eq!(
+        scores.len(),
+        few.len(),
+        "a family of the check is gone from the data"
+    );
+    for f in &scores {
+        let row = lofo::markdown_row(f);
+        assert!(
+            md.contains(&row),
+            "the report lacks `{row}`: run `cargo xtask train`"
+        );
+    }
+    assert!(
+        again.report.macro_f1 > 0.9,
+        "macro F1 {}",
+        again.report.macro_f1
+    );
+}
+
+/// The whole shipped report, leave-one-family-out section included: about 60 fits, seconds in a release
+/// build (`cargo test --release -p netguard-user --lib shipped`), minutes in a debug one.
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "about 60 tree fits; run in release: cargo test --release -p netguard-user --lib shipped"
+)]
+fn the_shipped_report_with_its_leave_one_family_out_section_is_reproduced() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = Model::load(root.join("models/default.json")).unwrap();
+    let data = read_dataset(&root.join("models/lab-data"), &mut |_| {}).unwrap();
+    let families = lofo::evaluate(&data, &shipped.params, &mut |_| {}).unwrap();
+    assert_eq!(
+        full_report(&shipped, &families),
+        std::fs::read_to_string(root.join("models/default.md")).unwrap(),
+        "the shipped report does not match the model and its leave-one-family-out evaluation"
+    );
 }
 
 #[test]
@@ -243,4 +298,145 @@ fn evaluate_scores_a_given_model_on_every_row_and_writes_nothing() {
     let all = trained.model.report.train_rows + trained.model.report.test_rows;
     assert_eq!(rows as usize, all, "every row, not only the held-out ones");
     assert!(eval.macro_f1 > 0.9, "{}", eval.macro_f1);
+}
+
+/// One hand-made row: label, source address, the features that are not 0.
+type Row<'a> = (&'a str, &'a str, &'a [(crate::detect::F, f32)]);
+
+/// A data set of hand-made rows, one family, with the given labels, sources and features.
+fn rows(spec: &[Row<'_>]) -> Dataset {
+    let mut values = Vec::new();
+    let (mut labels, mut src) = (Vec::new(), Vec::new());
+    for (label, addr, set) in spec {
+        let mut v = vec![0f32; FEATURES.len()];
+        v[crate::detect::F::Sources as usize] = 1.0;
+        for (f, x) in *set {
+            v[*f as usize] = *x;
+        }
+        values.extend(v);
+        labels.push(crate::detect::class_index(label).unwrap());
+        src.push(addr.parse().unwrap());
+    }
+    Dataset {
+        x: ndarray::Array2::from_shape_vec((labels.len(), FEATURES.len()), values).unwrap(),
+        family: vec![0; labels.len()],
+        families: vec!["f".into()],
+        labels,
+        src,
+        summary: Default::default(),
+    }
+}
+
+#[test]
+fn lofo_scores_with_the_daemons_gates_and_evidence() {
+    use crate::detect::{DetectConfig, F, Node, Tree};
+    // A tree that calls everything a UDP flood, confidently: (10+1)/(10+6) = 0.69.
+    let tree = Tree {
+        nodes: vec![Node::Leaf {
+            counts: vec![0, 0, 10, 0, 0, 0],
+        }],
+    };
+    let model = Model::new(TrainParams::default(), tree, Default::default()).unwrap();
+    let flood: &[(F, f32)] = &[
+        (F::PktsPerS1s, 2000.0),
+        (F::PktsPerS10s, 2000.0),
+        (F::UdpShare10s, 1.0),
+    ];
+    let data = rows(&[
+        // A download's ACKs: the verdict's own evidence (UDP share) stops it.
+        (
+            "benign",
+            "10.0.0.1",
+            &[
+                (F::PktsPerS1s, 2000.0),
+                (F::PktsPerS10s, 2000.0),
+                (F::TcpShare10s, 1.0),
+            ],
+        ),
+        // UDP at a flood's rate from a benign client: a false alert.
+        ("benign", "10.0.0.2", flood),
+        // Quiet in the closing tick: the daemon does not judge it.
+        (
+            "benign",
+            "10.0.0.3",
+            &[(F::PktsPerS10s, 2000.0), (F::UdpShare10s, 1.0)],
+        ),
+        // The aggregate of three small sources: not judged either.
+        (
+            "benign",
+            "0.0.0.0",
+            &[
+                (F::PktsPerS1s, 2000.0),
+                (F::PktsPerS10s, 2000.0),
+                (F::UdpShare10s, 1.0),
+                (F::Sources, 3.0),
+            ],
+        ),
+        ("udp_flood", "10.0.12.1", flood),
+        // 100 pps: below the floor, judged but not eligible.
+        (
+            "udp_flood",
+            "10.0.12.2",
+            &[
+                (F::PktsPerS1s, 100.0),
+                (F::PktsPerS10s, 100.0),
+                (F::UdpShare10s, 1.0),
+            ],
+        ),
+        // Gone quiet: not judged.
+        (
+            "udp_flood",
+            "10.0.12.3",
+            &[(F::PktsPerS10s, 900.0), (F::UdpShare10s, 1.0)],
+        ),
+    ]);
+    let all: Vec<usize> = (0..data.labels.len()).collect();
+    let s = lofo::score_family(&model, &data, "f", &all, &DetectConfig::default());
+    assert_eq!(s.class, crate::detect::class_index("udp_flood").unwrap());
+    assert_eq!(
+        (s.attack_rows, s.judged, s.eligible, s.detected),
+        (3, 2, 1, 1)
+    );
+    assert_eq!(s.benign_rows, 4);
+    assert_eq!(s.false_alerts.get("udp_flood"), Some(&1));
+    assert_eq!(s.rejected, 1);
+    assert!(
+        !s.below_floor() && !s.meets_goal(),
+        "a false alert misses the goal"
+    );
+    assert!(
+        (s.false_per_min() - 15.0).abs() < 1e-9,
+        "1 of 4 rows is 15 per minute"
+    );
+    let md = lofo::markdown(std::slice::from_ref(&s));
+    assert!(
+        md.contains("| `f` | udp_flood | 3 | 2 | 1 | 1 | 1.000 | 4 | 1 (1 udp_flood) | **miss** |"),
+        "{md}"
+    );
+}
+
+#[test]
+fn lofo_holds_out_each_family_and_says_which_miss() {
+    // Simulated scenarios, one family per class: a held-out attack class is one the tree never saw,
+    // so it cannot be recalled, and the summary names it.
+    let data = crate::detect::tests::model::sim_dataset(3, 8);
+    let params = TrainParams {
+        min_samples_leaf: 1,
+        ..TrainParams::default()
+    };
+    let mut heard = Vec::new();
+    let scores = lofo::evaluate(&data, &params, &mut |s| heard.push(s.to_string())).unwrap();
+    assert_eq!(scores.len(), CLASSES.len());
+    assert_eq!(heard.len(), CLASSES.len());
+    let benign = &scores[0];
+    assert_eq!((benign.class, benign.attack_rows), (0, 0));
+    assert!(benign.benign_rows > 0);
+    for s in &scores[1..] {
+        assert!(s.detected == 0, "{s:?}");
+    }
+    let text = lofo::text(&scores);
+    assert!(
+        text.contains("benign families") && text.contains("missed:"),
+        "{text}"
+    );
 }

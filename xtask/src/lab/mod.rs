@@ -12,6 +12,8 @@
 
 mod addrs;
 mod benign;
+mod clients;
+mod everyday;
 mod manifest;
 mod procs;
 mod record;
@@ -36,14 +38,15 @@ use crate::{setup, util};
 
 #[derive(clap::Args, Debug)]
 pub struct LabArgs {
-    /// The short plan (about 2-3 minutes, one scenario per class) for tests, instead of about 18 minutes.
+    /// The short plan (about 2-3 minutes, one scenario per class) for tests, instead of about 30 minutes.
     #[arg(long)]
     pub quick: bool,
     /// Where the labelled files and MANIFEST.md go (default: target/lab-data). Cleared first; a
     /// non-empty directory is only cleared if it holds a MANIFEST.md of an earlier lab run.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Run only these scenarios (comma-separated names; see --list).
+    /// Run only these scenarios (comma-separated names; see --list). A `*` in a name matches any
+    /// text, e.g. `--only 'benign_*,*_everyday'`.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Print the plan's scenarios with their parameters and exit.
@@ -167,7 +170,7 @@ pub fn cmd(args: &LabArgs) -> Result<()> {
         let unknown: Vec<&String> = args
             .only
             .iter()
-            .filter(|n| !plan.iter().any(|s| &&s.name == n))
+            .filter(|n| !plan.iter().any(|s| selects(n, &s.name)))
             .collect();
         if !unknown.is_empty() {
             bail!(
@@ -175,7 +178,7 @@ pub fn cmd(args: &LabArgs) -> Result<()> {
                 if args.quick { " --quick" } else { "" }
             );
         }
-        plan.retain(|s| args.only.contains(&s.name));
+        plan.retain(|s| args.only.iter().any(|n| selects(n, &s.name)));
     }
     let estimate: u64 = plan.iter().map(|s| s.expect.as_secs() + 8).sum();
     util::say(
@@ -288,6 +291,16 @@ pub fn cmd(args: &LabArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether an `--only` entry selects a scenario: its exact name, or a pattern with one `*`.
+fn selects(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        Some((head, tail)) => {
+            name.len() >= head.len() + tail.len() && name.starts_with(head) && name.ends_with(tail)
+        }
+        None => pattern == name,
+    }
+}
+
 /// One lab at a time: the namespace names are fixed, so a second run would tear down the first's.
 fn lock(path: &Path) -> Result<fs::File> {
     let f =
@@ -381,4 +394,21 @@ fn smoke_test(files: &services::Files) -> Result<()> {
         ),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_takes_names_and_one_star_patterns() {
+        use super::selects;
+        assert!(selects("benign_voice", "benign_voice"));
+        assert!(!selects("benign_voice", "benign_voice2"));
+        assert!(selects("benign_*", "benign_voice"));
+        assert!(selects("*_everyday", "syn_flood_everyday"));
+        assert!(!selects("*_everyday", "syn_flood_80_1k"));
+        assert!(
+            !selects("benign_*_x", "benign_x"),
+            "head and tail must not overlap"
+        );
+    }
 }

@@ -18,7 +18,7 @@ use super::record::{self, LabelRule, Schema, Window};
 use super::scenarios::{Scenario, Step};
 use super::sensor::{DaemonFlags, Sensor};
 use super::services::Files;
-use super::{addrs, benign, topology};
+use super::{addrs, topology};
 use crate::util;
 
 pub struct Ctx<'a> {
@@ -73,13 +73,11 @@ pub fn run(ctx: &Ctx, sc: &Scenario, schema: &mut Option<Schema>) -> Result<Outc
         &logs.join("netguard.log"),
     )?;
     let mut mixes = Vec::new();
-    if sc.mix {
-        for step in benign::mixes(ctx.files) {
-            mixes.push(start(
-                &step,
-                &logs.join(format!("mix-{}.log", step.host.ns)),
-            )?);
-        }
+    for (i, step) in sc.background.steps(ctx.files).iter().enumerate() {
+        mixes.push(start(
+            step,
+            &logs.join(format!("mix{}-{}.log", i + 1, step.host.ns)),
+        )?);
     }
     procs::sleep(ctx.warmup)?;
 

@@ -1,5 +1,6 @@
 //! The real services on the sensor host: sshd (password and key logins for a lab-only user), HTTP
-//! servers on the lab addresses, a UDP echo service and iperf3 servers. All of them listen only on the
+//! servers on the lab addresses (a plain one on 80, an HTTP/1.1 application server with uploads on
+//! 8000), a UDP echo service and iperf3 servers. All of them listen only on the
 //! sensor's lab addresses inside its namespace, and stop when their guard drops (or, at the latest,
 //! when the namespace is removed).
 
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::addrs::{SENSOR, SENSOR_V4, SENSOR_V6};
+use super::clients;
 use super::procs::{self, Proc};
 use crate::util;
 
@@ -21,6 +23,8 @@ pub const LAB_USER: &str = "nglab";
 /// Written into the account's comment field, so a leftover of a crashed run is recognised as ours.
 const USER_MARKER: &str = "NetGuard lab user (cargo xtask lab)";
 pub const HTTP_PORT: u16 = 80;
+/// The application server (HTTP/1.1 with keep-alive, uploads by PUT/POST): everyday client traffic.
+pub const APP_PORT: u16 = 8000;
 pub const ECHO_PORT: u16 = 7;
 /// iperf3 serves one test at a time, so each concurrent client gets a port: 5201/5202 for the benign
 /// background of ben-a/ben-b, 5203/5204 for benign bulk scenarios.
@@ -31,6 +35,12 @@ pub struct Files {
     pub python: String,
     pub client_key: PathBuf,
     pub udp_client: PathBuf,
+    /// Everyday clients (`clients.rs`): paced UDP (voice, QUIC-like, DNS/NTP), keep-alive HTTP, probes.
+    pub udp_send: PathBuf,
+    pub http_client: PathBuf,
+    pub probe: PathBuf,
+    /// A 1 GiB sparse file on the app server: downloads, uploads and scp copies of it take no disk.
+    pub big: PathBuf,
     /// Common passwords with the lab user's real one last: a brute force that gets through.
     pub words_hit: PathBuf,
     /// Common passwords only: every attempt fails.
@@ -160,8 +170,27 @@ pub fn prepare(dir: &Path, brute_words: usize) -> Result<(Files, String)> {
     // A download of a few hundred KiB, so benign HTTP includes a bulk-ish transfer too.
     fs::write(www.join("blob.bin"), vec![0x5a_u8; 256 * 1024])?;
 
+    // Everyday traffic: a large download, a health endpoint and a metrics page to scrape.
+    let big = fs::File::create(www.join("big.bin"))?;
+    big.set_len(1 << 30)?;
+    // The lab user reads it too (scp downloads).
+    fs::set_permissions(www.join("big.bin"), fs::Permissions::from_mode(0o644))?;
+    fs::write(www.join("health"), "ok\n")?;
+    let metrics: String = (0..400)
+        .map(|i| format!("lab_metric_total{{series=\"{i}\"}} {}\n", i * 7))
+        .collect();
+    fs::write(www.join("metrics"), metrics)?;
+    fs::write(
+        www.join("api.json"),
+        "{\"status\":\"ok\",\"items\":[1,2,3]}\n",
+    )?;
+
     fs::write(dir.join("udp_echo.py"), UDP_ECHO)?;
     fs::write(dir.join("udp_client.py"), UDP_CLIENT)?;
+    fs::write(dir.join("app_http.py"), APP_HTTP)?;
+    fs::write(dir.join("udp_send.py"), clients::UDP_SEND)?;
+    fs::write(dir.join("http_client.py"), clients::HTTP_CLIENT)?;
+    fs::write(dir.join("probe.py"), clients::PROBE)?;
 
     let words = wordlist(brute_words);
     let miss = words.join("\n") + "\n";
@@ -186,6 +215,10 @@ pub fn files(dir: &Path) -> Files {
         python,
         client_key: dir.join("ssh/client_ed25519"),
         udp_client: dir.join("udp_client.py"),
+        udp_send: dir.join("udp_send.py"),
+        http_client: dir.join("http_client.py"),
+        probe: dir.join("probe.py"),
+        big: dir.join("www/big.bin"),
         words_hit: dir.join("words_hit.txt"),
         words_miss: dir.join("words_miss.txt"),
         words_short: dir.join("words_short.txt"),
@@ -239,6 +272,42 @@ for i in range(n):
         s.recvfrom(65535)
     except socket.timeout:
         pass
+"#;
+
+/// The application server: HTTP/1.1 (keep-alive) GETs of the www files, and PUT/POST bodies read and
+/// discarded, so that clients can upload. Threaded, so browser-like parallel fetches are served at once.
+const APP_HTTP: &str = r#"import sys
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+class H(SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def sink(self):
+        left = int(self.headers.get("Content-Length") or 0)
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                n = int(self.rfile.readline().split(b";")[0], 16)
+                self.rfile.read(n + 2)
+                if n == 0:
+                    break
+        while left > 0:
+            got = self.rfile.read(min(left, 1 << 16))
+            if not got:
+                break
+            left -= len(got)
+        self.send_response(200)
+        self.send_header("Content-Length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+    do_POST = sink
+    do_PUT = sink
+
+ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), partial(H, directory=sys.argv[3])).serve_forever()
 "#;
 
 /// The lab user account; removed on drop if this run created it (or found a crashed run's leftover).
@@ -322,6 +391,9 @@ impl Services {
         let echo = echo.to_string_lossy();
         let port = HTTP_PORT.to_string();
         let echo_port = ECHO_PORT.to_string();
+        let app = dir.join("app_http.py");
+        let app = app.to_string_lossy();
+        let app_port = APP_PORT.to_string();
         // -D keeps sshd in the foreground so it is our child; -E writes its log where the daemon's
         // auth-log tailer (when it has one) and we can read it.
         let mut list = vec![
@@ -354,6 +426,7 @@ impl Services {
                 &www,
             ]),
             s(&[py, &echo, &v4, &v6, &echo_port]),
+            s(&[py, &app, &v4, &app_port, &www]),
         ];
         for p in IPERF_PORTS {
             list.push(s(&["iperf3", "-s", "-B", &v4, "-p", &p.to_string()]));
@@ -372,6 +445,7 @@ impl Services {
             format!("{SENSOR_V4}:22"),
             format!("{v6}:22"),
             format!("{SENSOR_V4}:{HTTP_PORT}"),
+            format!("{SENSOR_V4}:{APP_PORT}"),
             format!("{v6}:{HTTP_PORT}"),
             format!("{SENSOR_V4}:{ECHO_PORT}"),
             format!("{v6}:{ECHO_PORT}"),

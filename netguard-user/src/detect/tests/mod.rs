@@ -1,7 +1,7 @@
 //! Unit tests of feature windows, the model file, rules and response. No root needed.
 
 mod engine;
-mod model;
+pub(crate) mod model;
 pub(crate) mod sim;
 mod windows;
 

@@ -13,11 +13,13 @@ use crate::{
 pub(crate) fn sim_dataset(per_class: u64, ticks: usize) -> Dataset {
     let mut values = Vec::new();
     let mut labels = Vec::new();
+    let mut src = Vec::new();
     for (ci, class) in CLASSES.iter().enumerate() {
         for s in 0..per_class {
             for v in scenario(class, s * 7 + ci as u64, ticks) {
                 values.extend_from_slice(&v.values);
                 labels.push(ci);
+                src.push(v.src);
             }
         }
     }
@@ -30,7 +32,11 @@ pub(crate) fn sim_dataset(per_class: u64, ticks: usize) -> Dataset {
     }
     Dataset {
         x: Array2::from_shape_vec((labels.len(), FEATURES.len()), values).unwrap(),
+        // One family per class: the simulated scenarios of a class.
+        family: labels.clone(),
+        families: CLASSES.iter().map(|c| c.to_string()).collect(),
         labels,
+        src,
         summary,
     }
 }
