@@ -7,6 +7,9 @@ use crate::{setup, util};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
+    /// Minutes of the benign soak that ends the bench (`cargo xtask lab --soak`); 0 skips it.
+    #[arg(long, default_value_t = 10)]
+    pub soak_minutes: u64,
     /// Arguments passed to netguard-bench.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -45,6 +48,21 @@ pub fn cmd(args: &BenchArgs) -> Result<()> {
         if !st.success() {
             bail!("{bin} failed ({st})");
         }
+    }
+    // Last, the benign soak: everyday families interleaved against one daemon with blocking on;
+    // every alert and block it reports is a false positive (goal: none).
+    if args.soak_minutes > 0 {
+        crate::lab::cmd(&crate::lab::LabArgs {
+            quick: false,
+            out: None,
+            only: Vec::new(),
+            list: false,
+            no_setup: true,
+            no_build: true,
+            spoof_cap: 0,
+            soak: Some(std::time::Duration::from_secs(60 * args.soak_minutes)),
+            soak_seed: 1,
+        })?;
     }
     Ok(())
 }

@@ -9,7 +9,9 @@
 //!   tick, at least `model_min_packets` packets in the long window, and the `0.0.0.0` aggregate only
 //!   with `aggregate_min_sources` sources in it;
 //! - a window "would be alerted" when the verdict is not benign, its confidence reaches
-//!   `detect.min_confidence`, and the verdict's defining evidence holds (`check_evidence`).
+//!   `detect.min_confidence`, and the verdict's defining evidence holds (`check_evidence`), or when a
+//!   default threshold rule (`[detect.rules]`) fires and its class's evidence holds: the daemon
+//!   judges every window with both.
 //!
 //! Attack families are scored by recall: the share of their judged attack rows that reach their
 //! class's evidence floor (a 100 pps "flood" does not, by design) and are alerted as that class.
@@ -23,7 +25,7 @@ use ndarray::Axis;
 
 use crate::detect::{
     CLASSES, Dataset, DetectConfig, DetectError, F, FeatureVector, Model, OVERFLOW_SRC,
-    TrainParams, TrainReport, cap_per_class, check_evidence, fit_model,
+    TrainParams, TrainReport, cap_per_class, check_evidence, compile_rules, fit_model,
 };
 
 /// Recall an attack family must reach, and false alerts a benign family may raise.
@@ -122,7 +124,17 @@ pub fn evaluate_some(
     which: &dyn Fn(&str) -> bool,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<FamilyScore>, DetectError> {
-    let cfg = DetectConfig::default();
+    evaluate_with(data, params, &DetectConfig::default(), which, progress)
+}
+
+/// [`evaluate_some`] with the daemon's gates, evidence floors and rules taken from `cfg`.
+pub fn evaluate_with(
+    data: &Dataset,
+    params: &TrainParams,
+    cfg: &DetectConfig,
+    which: &dyn Fn(&str) -> bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<FamilyScore>, DetectError> {
     // The same rows as the random split draws from (the per-class cap, if any).
     let usable = cap_per_class(&data.labels, params.max_per_class, params.seed);
     let mut out = Vec::with_capacity(data.families.len());
@@ -141,7 +153,7 @@ pub fn evaluate_some(
         let y: Vec<usize> = train_idx.iter().map(|&i| data.labels[i]).collect();
         let (tree, _) = fit_model(data.x.select(Axis(0), &train_idx).view(), &y, params)?;
         let model = Model::new(params.clone(), tree, TrainReport::default())?;
-        let score = score_family(&model, data, name, &test_idx, &cfg);
+        let score = score_family(&model, data, name, &test_idx, cfg);
         progress(&format!(
             "held out {name}: trained on {} rows, depth {}",
             train_idx.len(),
@@ -165,27 +177,40 @@ pub fn score_family(
         ..FamilyScore::default()
     };
     let mut classes = vec![0usize; CLASSES.len()];
+    // The threshold rules judge every window beside the model, as in the daemon; they are config,
+    // not trained, so they see the held-out family no differently than any other.
+    let rules = compile_rules(&cfg.rules);
     for &i in rows {
         let values = data.x.row(i);
         let values = values.as_slice().expect("rows are contiguous");
         let label = data.labels[i];
         classes[label] += 1;
+        let v = vector(values, data.src[i]);
+        let ruled: Vec<&str> = rules
+            .iter()
+            .filter(|r| r.fires(values) && check_evidence(&r.class, &v, &cfg.evidence).is_ok())
+            .map(|r| r.class.as_str())
+            .collect();
         if !judged(values, data.src[i], cfg) {
             if label != 0 {
                 s.attack_rows += 1;
             } else {
                 s.benign_rows += 1;
+                if let Some(c) = ruled.first() {
+                    *s.false_alerts.entry((*c).to_string()).or_default() += 1;
+                }
             }
             continue;
         }
         let p = model.predict(values);
-        let v = vector(values, data.src[i]);
         let confident = p.index != 0 && p.confidence >= cfg.min_confidence;
-        let alerted = confident && check_evidence(p.class, &v, &cfg.evidence).is_ok();
+        let by_model = confident && check_evidence(p.class, &v, &cfg.evidence).is_ok();
+        let alerted = by_model || !ruled.is_empty();
         if label == 0 {
             s.benign_rows += 1;
             if alerted {
-                *s.false_alerts.entry(p.class.to_string()).or_default() += 1;
+                let class = if by_model { p.class } else { ruled[0] };
+                *s.false_alerts.entry(class.to_string()).or_default() += 1;
             } else if confident {
                 s.rejected += 1;
             }
@@ -194,7 +219,7 @@ pub fn score_family(
             s.judged += 1;
             if check_evidence(CLASSES[label], &v, &cfg.evidence).is_ok() {
                 s.eligible += 1;
-                if alerted && p.index == label {
+                if (by_model && p.index == label) || ruled.contains(&CLASSES[label]) {
                     s.detected += 1;
                 }
             }
@@ -214,7 +239,8 @@ held out in turn; a tree with the same parameters is fitted on all other familie
 rows as the daemon would act: only windows the daemon judges (the source sent in the closing tick, at least \
 `model_min_packets` packets, the `0.0.0.0` aggregate only with `aggregate_min_sources` sources), alerted when \
 the verdict is not benign, its confidence is at least `min_confidence` (0.6) and the verdict's defining \
-evidence holds (`[detect.evidence]` defaults). Recall: alerted as its own class / judged attack rows that \
+evidence holds (`[detect.evidence]` defaults), or when a default threshold rule (`[detect.rules]`, not \
+trained, so blind to the hold-out as much as to anything) fires and its class's evidence holds. Recall: alerted as its own class / judged attack rows that \
 reach their class's evidence floor. False alerts: benign rows (one-second windows) that would raise an \
 alert; per minute = per 60 rows.";
 

@@ -425,7 +425,15 @@ fn lofo_holds_out_each_family_and_says_which_miss() {
         ..TrainParams::default()
     };
     let mut heard = Vec::new();
-    let scores = lofo::evaluate(&data, &params, &mut |s| heard.push(s.to_string())).unwrap();
+    // The tree alone: no threshold rules.
+    let tree_only = crate::detect::DetectConfig {
+        rules: crate::detect::RulesConfig::inherit(),
+        ..Default::default()
+    };
+    let scores = lofo::evaluate_with(&data, &params, &tree_only, &|_| true, &mut |s| {
+        heard.push(s.to_string())
+    })
+    .unwrap();
     assert_eq!(scores.len(), CLASSES.len());
     assert_eq!(heard.len(), CLASSES.len());
     let benign = &scores[0];
@@ -434,6 +442,11 @@ fn lofo_holds_out_each_family_and_says_which_miss() {
     for s in &scores[1..] {
         assert!(s.detected == 0, "{s:?}");
     }
+    // The daemon's default rules are not trained: they still catch a flood the tree never saw.
+    let with_rules = lofo::evaluate(&data, &params, &mut |_| {}).unwrap();
+    let syn = with_rules.iter().find(|s| s.class == 1).unwrap();
+    assert!(syn.detected > 0, "{syn:?}");
+    assert!(with_rules[0].false_alerts.is_empty(), "{:?}", with_rules[0]);
     let text = lofo::text(&scores);
     assert!(
         text.contains("benign families") && text.contains("missed:"),

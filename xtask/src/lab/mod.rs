@@ -21,6 +21,7 @@ mod runner;
 mod scenarios;
 mod sensor;
 mod services;
+pub mod soak;
 mod topology;
 pub mod train;
 
@@ -62,6 +63,14 @@ pub struct LabArgs {
     /// spoofed flood otherwise gives ~100 000 near-identical one-packet rows per 10 s.
     #[arg(long, default_value_t = 5000)]
     pub spoof_cap: u64,
+    /// Instead of recording: run the benign scenarios (or those --only selects), shuffled and
+    /// repeated, against one daemon with blocking on for this long (e.g. "10m"), and report every
+    /// alert and block it made (each a false positive; the goal is none).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub soak: Option<Duration>,
+    /// Seed of the soak's order.
+    #[arg(long, default_value_t = 1)]
+    pub soak_seed: u64,
 }
 
 /// Rows before this much time after the benign background starts are dropped (windows filling).
@@ -162,7 +171,10 @@ pub fn cmd(args: &LabArgs) -> Result<()> {
     // A crashed run's namespaces go before its work dir is rewritten under the tools still in them.
     topology::remove_stale();
     let out = args.out.clone().unwrap_or_else(|| target.join("lab-data"));
-    prepare_out(&out)?;
+    // A soak writes no data set: the last recorded one stays where it is.
+    if args.soak.is_none() {
+        prepare_out(&out)?;
+    }
     let words = if args.quick { 40 } else { 300 };
     let (files, password) = services::prepare(&work, words)?;
     let mut plan = scenarios::plan(args.quick, &files);
@@ -212,6 +224,11 @@ pub fn cmd(args: &LabArgs) -> Result<()> {
         spoof_cap: args.spoof_cap,
         started,
     };
+    if let Some(length) = args.soak {
+        let report = soak::run(&ctx, &plan, length, args.soak_seed)?;
+        soak::print(&report);
+        return Ok(());
+    }
     let mut schema = None;
     let mut outcomes = Vec::new();
     let version = util::probe(&bin, &["--version"]).unwrap_or_else(|| bin.display().to_string());

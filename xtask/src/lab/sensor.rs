@@ -12,7 +12,7 @@ use super::procs::{self, Proc};
 use super::topology::HOST_IF;
 
 /// The API listens on the sensor namespace's own loopback, which nothing outside that namespace sees.
-const LISTEN: &str = "127.0.0.1:9740";
+pub const LISTEN: &str = "127.0.0.1:9740";
 /// Time the daemon gets to detach and flush its record after SIGINT before it is killed.
 const GRACE: Duration = Duration::from_secs(15);
 const READY_WITHIN: Duration = Duration::from_secs(30);
