@@ -31,12 +31,14 @@ pub mod error;
 pub mod redis;
 pub mod resilient;
 pub mod types;
+pub mod url;
 
 // `self::` because `redis` alone would also name the redis crate.
 pub use self::embedded::{EmbeddedConfig, EmbeddedStore};
 pub use self::redis::{RedisConfig, RedisStore};
 pub use self::resilient::{ResilientConfig, ResilientStore};
 pub use error::{Result, StoreError};
+pub use url::redact_url;
 pub use types::{
     Alert, AlertQuery, ChangeEvent, EntryChange, EntrySource, EventQuery, HostEventRecord,
     ListEntry, ListKind, Scope, Sensor,
@@ -143,6 +145,9 @@ pub trait Store: Send + Sync {
 pub struct StoreOptions {
     /// `Some` selects Redis; `None` the embedded store under `state_dir`.
     pub redis_url: Option<String>,
+    /// PEM file of the CA that signed a `rediss://` server's certificate (a private CA); without
+    /// it the system's roots are used.
+    pub redis_ca: Option<PathBuf>,
     pub redis_prefix: String,
     pub state_dir: PathBuf,
     pub sensor_id: String,
@@ -153,6 +158,7 @@ impl StoreOptions {
     pub fn new(state_dir: impl Into<PathBuf>, sensor_id: impl Into<String>) -> Self {
         StoreOptions {
             redis_url: None,
+            redis_ca: None,
             redis_prefix: self::redis::DEFAULT_PREFIX.to_owned(),
             state_dir: state_dir.into(),
             sensor_id: sensor_id.into(),
@@ -170,6 +176,7 @@ pub async fn open(options: &StoreOptions) -> Result<Arc<dyn Store>> {
             let mut config = RedisConfig::new(url.clone(), options.sensor_id.clone());
             config.prefix.clone_from(&options.redis_prefix);
             config.alert_cap = options.alert_cap;
+            config.ca.clone_from(&options.redis_ca);
             let redis = RedisStore::connect(config).await?;
             Ok(Arc::new(ResilientStore::new(
                 Arc::new(redis),

@@ -1,7 +1,8 @@
 //! The command-line client of the REST API: `netguard block add|del|list` and `netguard status`.
 //!
-//! It only speaks HTTP to a running daemon, so it works without root and against a remote sensor
-//! (`--api URL`). Errors carry the server's `{"error", "field"}` unchanged.
+//! It only speaks HTTP(S) to a running daemon, so it works without root and against a remote sensor
+//! (`--api URL`; `https://` with the system's roots, or `--cacert FILE` for a private CA). Errors
+//! carry the server's `{"error", "field"}` unchanged.
 
 use std::{
     fmt::Write as _,
@@ -42,6 +43,19 @@ pub enum ClientError {
         field: Option<String>,
         items: Vec<(String, String)>,
     },
+    #[error(
+        "the TLS connection to {url} failed: {detail}; if the daemon's certificate comes from a private CA, \
+         pass that CA's certificate with --cacert FILE (PEM), and use the host name or address the \
+         certificate names in --api"
+    )]
+    Tls { url: String, detail: String },
+    #[error(
+        "{url} does not speak TLS ({detail}): the daemon serves plain HTTP unless [api] tls_cert and \
+         tls_key are set; use --api http://..."
+    )]
+    NotTls { url: String, detail: String },
+    #[error("cannot use --cacert {}: {detail}", path.display())]
+    CaFile { path: PathBuf, detail: String },
     #[error("request to {url} failed: {source}")]
     Http {
         url: String,
@@ -106,17 +120,39 @@ pub fn find_token(state_dir: Option<&Path>) -> Option<String> {
 }
 
 impl Client {
+    /// A client trusting the system's roots for `https://`.
     pub fn new(api: &str, token: Option<String>) -> Self {
-        let http = reqwest::Client::builder()
+        Self::with_ca(api, token, None).expect("a client without a CA file builds")
+    }
+
+    /// A client that, with `cacert`, trusts only the CA certificate(s) in that PEM file (as curl's
+    /// `--cacert`), else the system's roots (read from disk; nothing is fetched).
+    pub fn with_ca(api: &str, token: Option<String>, cacert: Option<&Path>) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .expect("a plain HTTP client builds");
-        Self {
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(path) = cacert {
+            let ca_error = |detail: String| ClientError::CaFile {
+                path: path.to_owned(),
+                detail,
+            };
+            // Parsed here first, so a wrong file is reported as such rather than as a TLS failure.
+            let certs = crate::api::tls::load_certs(path, "--cacert").map_err(|e| ca_error(e.to_string()))?;
+            builder = builder.tls_built_in_root_certs(false);
+            for der in certs {
+                let cert = reqwest::Certificate::from_der(&der).map_err(|e| ca_error(e.to_string()))?;
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|source| ClientError::Http {
+            url: api.to_owned(),
+            source,
+        })?;
+        Ok(Self {
             base: api.trim_end_matches('/').to_owned(),
             token,
             http,
-        }
+        })
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -135,7 +171,9 @@ impl Client {
             req = req.json(b);
         }
         let resp = req.send().await.map_err(|source| {
-            if source.is_connect() || source.is_timeout() {
+            if let Some(e) = tls_error(&self.base, &source) {
+                e
+            } else if source.is_connect() || source.is_timeout() {
                 ClientError::Connect {
                     url: self.base.clone(),
                     source,
@@ -216,6 +254,32 @@ impl Client {
         self.call(Method::GET, "/api/v1/health", &[], None::<&()>)
             .await
             .map(|(v, _)| v)
+    }
+}
+
+/// A certificate or TLS protocol failure, told apart from "nothing listens there" by the causes'
+/// text (reqwest wraps rustls' error in hyper's and io's).
+fn tls_error(url: &str, e: &reqwest::Error) -> Option<ClientError> {
+    let mut causes = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        causes.push(c.to_string());
+        cur = c.source();
+    }
+    let detail = causes.last().cloned().unwrap_or_default();
+    let all = causes.join(": ").to_ascii_lowercase();
+    if all.contains("certificate") || all.contains("unknownissuer") || all.contains("notvalidforname") {
+        Some(ClientError::Tls {
+            url: url.to_owned(),
+            detail,
+        })
+    } else if all.contains("corrupt message") || all.contains("invalidcontenttype") || all.contains("wrong version number") {
+        Some(ClientError::NotTls {
+            url: url.to_owned(),
+            detail,
+        })
+    } else {
+        None
     }
 }
 

@@ -25,8 +25,16 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Redis URL for a fleet-shared store; absent means the embedded store.
+    /// Redis URL for a fleet-shared store; absent means the embedded store. A URL with a password
+    /// belongs in `redis_url_file` or `NETGUARD_REDIS_URL`, not here nor on the command line.
     pub redis: Option<String>,
+    /// File holding the Redis URL (first line), e.g. /etc/netguard/redis.url with mode 0600.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url_file: Option<PathBuf>,
+    /// For `rediss://`: PEM file of the CA that signed the server's certificate (a private CA);
+    /// without it the system's roots are used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca: Option<PathBuf>,
     /// Key prefix in Redis, so several fleets can share one server.
     pub redis_prefix: String,
     pub state_dir: PathBuf,
@@ -38,6 +46,8 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             redis: None,
+            redis_url_file: None,
+            redis_ca: None,
             redis_prefix: "netguard".into(),
             state_dir: PathBuf::from("/var/lib/netguard"),
             alert_cap: 100_000,

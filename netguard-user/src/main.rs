@@ -41,6 +41,10 @@ struct ApiArgs {
     /// The daemon's state dir, to read its generated admin token when NETGUARD_TOKEN is not set.
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
+    /// PEM file of the CA that signed the API's certificate (a private CA), for `--api https://...`;
+    /// without it the system's trusted roots are used.
+    #[arg(long, global = true, env = "NETGUARD_CACERT", value_name = "FILE")]
+    cacert: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -89,10 +93,18 @@ pub struct RunArgs {
     /// Address of the REST/WebSocket/metrics server. Loopback by default: expose it deliberately.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
-    /// Redis URL (e.g. redis://127.0.0.1:6379/0) for a store shared by a fleet of sensors. Without it,
-    /// state lives in the embedded store under --state-dir.
-    #[arg(long)]
+    /// Redis URL (e.g. redis://127.0.0.1:6379/0, or rediss:// for TLS) for a store shared by a fleet
+    /// of sensors. Without it, state lives in the embedded store under --state-dir. A URL with a
+    /// password is visible in `ps` here: use NETGUARD_REDIS_URL or --redis-url-file instead.
+    #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// File whose first line is the Redis URL (keeps a password off the command line; chmod 600).
+    #[arg(long, value_name = "FILE")]
+    redis_url_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the rediss:// server's certificate (also `redis_ca` under
+    /// [store]); default: the system's roots.
+    #[arg(long, value_name = "FILE")]
+    redis_ca: Option<PathBuf>,
     /// Directory for the embedded store and the generated admin token.
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -124,14 +136,19 @@ pub struct RunArgs {
     summary_every: u64,
 }
 
-fn main() -> Result<()> {
+fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Block { api, cmd } => client_command(&api, Some(cmd)),
         Command::Status(api) => client_command(&api, None),
         Command::Train(args) => netguard_user::train::run(&args).map(|_| ()).map_err(Into::into),
+    };
+    if let Err(e) = result {
+        // As `main() -> Result` would print it, but a Redis URL anywhere in the chain loses its password.
+        eprintln!("Error: {}", netguard_store::url::redact_text(&format!("{e:?}")));
+        std::process::exit(1);
     }
 }
 
@@ -139,7 +156,13 @@ fn main() -> Result<()> {
 fn client_command(args: &ApiArgs, block: Option<BlockCmd>) -> Result<()> {
     use netguard_user::{client, control::EntryRequest};
     let token = client::find_token(args.state_dir.as_deref());
-    let c = client::Client::new(&args.api, token);
+    let c = match client::Client::with_ca(&args.api, token, args.cacert.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

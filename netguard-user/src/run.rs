@@ -35,6 +35,8 @@ struct Settings {
     auth_log_from_start: bool,
     /// The `--geoip-db` database, opened and checked before anything is attached.
     geoip: Option<Arc<netguard_user::geo::GeoDb>>,
+    /// HTTPS for the API (`[api] tls_cert`, `tls_key`), checked before anything is attached.
+    api_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 fn hostname() -> String {
@@ -50,8 +52,15 @@ fn settings(args: &RunArgs) -> Result<Settings> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    if let Some(r) = &args.redis {
-        config.store.redis = Some(r.clone());
+    let redis_env = std::env::var(netguard_user::redis_url::REDIS_URL_ENV).ok();
+    if let Some((url, origin)) =
+        netguard_user::redis_url::resolve(args.redis.as_deref(), args.redis_url_file.as_deref(), redis_env, &config.store)?
+    {
+        netguard_user::redis_url::announce(&url, &origin);
+        config.store.redis = Some(url);
+    }
+    if let Some(ca) = &args.redis_ca {
+        config.store.redis_ca = Some(ca.clone());
     }
     if let Some(d) = &args.state_dir {
         config.store.state_dir = d.clone();
@@ -70,6 +79,7 @@ fn settings(args: &RunArgs) -> Result<Settings> {
         }
         None => None,
     };
+    let api_tls = config.api.tls().context("cannot serve the API over HTTPS")?;
     if args.dry_run {
         config.detect.response.dry_run = true;
     }
@@ -86,6 +96,7 @@ fn settings(args: &RunArgs) -> Result<Settings> {
         auth_log: args.auth_log.clone().or_else(netguard_user::hostevents::default_auth_log),
         auth_log_from_start: args.auth_log_from_start,
         geoip,
+        api_tls,
     })
 }
 
@@ -127,6 +138,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Result<()> {
     let store_opts = netguard_store::StoreOptions {
         redis_url: s.config.store.redis.clone(),
+        redis_ca: s.config.store.redis_ca.clone(),
         redis_prefix: s.config.store.redis_prefix.clone(),
         state_dir: s.config.store.state_dir.clone(),
         sensor_id: s.sensor_id.clone(),
@@ -206,9 +218,10 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     if !listen.ip().is_loopback() {
         log::warn!("the API listens on {listen}, which is not loopback: make sure only trusted networks reach it");
     }
-    log::info!("REST, WebSocket and /metrics on http://{listen} (OpenAPI at /api/v1/openapi.json)");
+    let scheme = if s.api_tls.is_some() { "https" } else { "http" };
+    log::info!("REST, WebSocket and /metrics on {scheme}://{listen} (OpenAPI at /api/v1/openapi.json)");
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, state, async move {
+    let server = tokio::spawn(api::serve_with(listener, s.api_tls.clone(), state, async move {
         let _ = api_stopped.await;
     }));
 

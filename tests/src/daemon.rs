@@ -33,6 +33,16 @@ pub struct Daemon {
     api: String,
     token: String,
     log: PathBuf,
+    /// Set when the API serves HTTPS: the CA that curl trusts (`--cacert`).
+    cacert: Option<PathBuf>,
+}
+
+/// How to launch beyond the flags: environment variables, and HTTPS with a private CA.
+#[derive(Default)]
+pub struct Launch {
+    pub env: Vec<(String, String)>,
+    /// The API serves HTTPS (the flags or config must say so); curl trusts this CA.
+    pub cacert: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -44,6 +54,11 @@ impl Daemon {
 
     /// [`Daemon::start`] in any namespace, on interface `iface` there.
     pub fn start_in(ns: &str, iface: &str, state: &Path, api: &str, token: &str, extra: &[&str]) -> Daemon {
+        Self::launch(ns, iface, state, api, token, extra, Launch::default())
+    }
+
+    /// [`Daemon::start_in`] with extra environment and, for HTTPS, the CA curl trusts.
+    pub fn launch(ns: &str, iface: &str, state: &Path, api: &str, token: &str, extra: &[&str], how: Launch) -> Daemon {
         let log = state.join("netguard.log");
         let out = File::create(&log).expect("daemon log file");
         let child = Command::new("ip")
@@ -55,6 +70,7 @@ impl Daemon {
             .args(extra)
             .env("NETGUARD_ADMIN_TOKEN", token)
             .env("RUST_BACKTRACE", "0")
+            .envs(how.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(out.try_clone().expect("dup log fd"))
             .stderr(out)
             .spawn()
@@ -65,6 +81,7 @@ impl Daemon {
             api: api.to_string(),
             token: token.to_string(),
             log,
+            cacert: how.cacert,
         };
         let start = Instant::now();
         while !d.get("/api/v1/health").contains("\"attached\":true") {
@@ -78,22 +95,40 @@ impl Daemon {
         d
     }
 
+    /// `http://ADDR` or `https://ADDR`.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.cacert.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.api)
+    }
+
+    /// curl with `-s -m 5`, and `--cacert` when the API serves HTTPS.
+    fn curl(&self) -> Vec<String> {
+        let mut args: Vec<String> = ["curl", "-s", "-m", "5"].map(String::from).into();
+        if let Some(ca) = &self.cacert {
+            args.extend(["--cacert".to_owned(), ca.display().to_string()]);
+        }
+        args
+    }
+
     /// GET `path` with the admin token; the body, or "" when the daemon does not answer.
     pub fn get(&self, path: &str) -> String {
         let auth = format!("Authorization: Bearer {}", self.token);
-        let url = format!("http://{}{path}", self.api);
-        let out = run_in(&self.ns, &["curl", "-s", "-m", "5", "-H", &auth, &url]);
+        let url = format!("{}{path}", self.base_url());
+        let mut args = self.curl();
+        args.extend(["-H".to_owned(), auth, url]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_in(&self.ns, &args);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// POST `body` (JSON) to `path` with the admin token: the HTTP status and the answer.
     pub fn post(&self, path: &str, body: &str) -> (u16, String) {
         let auth = format!("Authorization: Bearer {}", self.token);
-        let url = format!("http://{}{path}", self.api);
-        let out = run_in(
-            &self.ns,
-            &["curl", "-s", "-m", "5", "-w", "\n%{http_code}", "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", body, &url],
-        );
+        let url = format!("{}{path}", self.base_url());
+        let mut args = self.curl();
+        args.extend(["-w", "\n%{http_code}", "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", body, &url].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_in(&self.ns, &args);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
         (code.trim().parse().unwrap_or(0), body.to_owned())

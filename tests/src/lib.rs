@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod frames;
 pub mod mmdb;
 pub mod netns;
+pub mod pki;
 pub mod prefixes;
 pub mod redis_server;
 pub mod spur;

@@ -82,7 +82,8 @@ pub async fn health(State(state): State<ApiState>) -> Response {
     let store = state.control.store();
     let ping = match tokio::time::timeout(STORE_PING_TIMEOUT, store.ping()).await {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
+        // Store errors name the server without credentials; redacting again costs nothing.
+        Ok(Err(e)) => Some(netguard_store::url::redact_text(&e.to_string())),
         Err(_) => Some(format!("no answer within {STORE_PING_TIMEOUT:?}")),
     };
     state.metrics.set_store_up(ping.is_none());

@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod responses;
 pub mod seed;
+pub mod tls;
 pub mod ws;
 pub mod trust;
 
@@ -77,6 +78,12 @@ pub struct ApiConfig {
     /// `[api.events_rate_limit]`: `POST /api/v1/events` requests per second per token, with a
     /// burst (default 10/s, burst 20); over it the answer is 429 with `Retry-After`.
     pub events_rate_limit: ratelimit::EventsRateLimit,
+    /// PEM certificate (chain) and private key: with both set the API is served over HTTPS only
+    /// (see [`tls`]); with neither, over HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -91,11 +98,19 @@ impl Default for ApiConfig {
             ws_write_timeout: Duration::from_secs(10),
             geoip_db: None,
             events_rate_limit: ratelimit::EventsRateLimit::default(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
 
 impl ApiConfig {
+    /// The TLS server settings when `tls_cert` and `tls_key` are set: both files are read and
+    /// checked now, so a bad path or PEM stops the daemon before it attaches.
+    pub fn tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, tls::TlsError> {
+        tls::server_config(self.tls_cert.as_deref(), self.tls_key.as_deref())
+    }
+
     /// What can be checked before the daemon attaches: every `[[api.tokens]]` entry (length,
     /// duplicates, an agent token's VM) and the events rate limit. The admin token from the
     /// environment or the state dir is checked later, by [`Tokens::load`].
@@ -263,22 +278,39 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_with(listener, None, state, shutdown).await
+}
+
+/// [`serve`], over HTTPS when `tls` is set (`[api] tls_cert`, `tls_key`; see [`ApiConfig::tls`]):
+/// then the listener answers TLS only, never plain HTTP.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let hub = state.hub.clone();
-    let app = router(state);
-    // No Nagle: small JSON answers and push messages must not wait for a delayed ACK (40 ms).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     // The peer address lets authenticated clients join the never-block set (`crate::trust`).
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-            shutdown.await;
-            hub.shutdown();
-        })
-        .await
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let shutdown = async move {
+        shutdown.await;
+        hub.shutdown();
+    };
+    match tls {
+        None => {
+            // No Nagle: small JSON answers and push messages must not wait for a delayed ACK (40 ms).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+        Some(config) => {
+            // Nagle is off in the listener, before the handshake; `tap_io` gives axum's
+            // `ConnectInfo<SocketAddr>` for any listener whose address is a `SocketAddr`.
+            let listener = tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        }
+    }
 }
 
 async fn not_found() -> ApiError {
