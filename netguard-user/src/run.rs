@@ -33,6 +33,7 @@ struct Settings {
     record_features: Option<std::path::PathBuf>,
     auth_log: Option<std::path::PathBuf>,
     auth_log_from_start: bool,
+    auth_log_format: hostevents::AuthLogFormat,
     /// The `--geoip-db` database, opened and checked before anything is attached.
     geoip: Option<Arc<netguard_user::geo::GeoDb>>,
 }
@@ -85,6 +86,7 @@ fn settings(args: &RunArgs) -> Result<Settings> {
         record_features: args.record_features.clone(),
         auth_log: args.auth_log.clone().or_else(netguard_user::hostevents::default_auth_log),
         auth_log_from_start: args.auth_log_from_start,
+        auth_log_format: args.auth_log_format,
         geoip,
     })
 }
@@ -236,22 +238,23 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     let auth_events = match &s.auth_log {
         Some(path) => {
             let (tx, rx) = tokio::sync::mpsc::channel(4096);
-            let opts = hostevents::AuthLogOptions::default().from_start(s.auth_log_from_start);
+            let opts = hostevents::AuthLogOptions::default().from_start(s.auth_log_from_start).format(s.auth_log_format);
             let offsets = hostevents::StoreOffsets::new(control.store().clone(), path);
-            // The handle stops the tailer when dropped: keep it for the daemon's lifetime.
-            let handle = hostevents::spawn_authlog(path, opts, offsets, tx);
+            // The handle stops the tailer when dropped: keep it for the daemon's lifetime. Its
+            // position moves only past lines the consumer below has counted.
+            let (handle, counted) = hostevents::spawn_authlog_counted(path, opts, offsets, tx);
             metrics.host_events().watch_authlog(handle.counters());
             // Fast path: each event is counted (and blocked on) as it arrives, then handed on to the
             // detector's failed-login features.
             let (to_detector, rx_detector) = tokio::sync::mpsc::channel(4096);
-            tokio::spawn(host_events.clone().follow_authlog(rx, Some(to_detector)));
+            let consumer = tokio::spawn(host_events.clone().follow_authlog_counted(rx, Some(to_detector), Some(counted)));
             log::info!("following {} for failed logins", path.display());
-            Some((handle, rx_detector))
+            Some((handle, consumer, rx_detector))
         }
         None => None,
     };
     let (authlog, auth_rx) = match auth_events {
-        Some((h, rx)) => (Some(h), Some(rx)),
+        Some((h, consumer, rx)) => (Some((h, consumer)), Some(rx)),
         None => (None, None),
     };
     let flows_now = Arc::new(AtomicU64::new(0));
