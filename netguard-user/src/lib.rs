@@ -12,3 +12,4 @@ pub mod events;
 pub mod sensor;
 pub mod geo;
 pub mod trust;
+pub mod statedir;

@@ -134,8 +134,15 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         sensor_id: s.sensor_id.clone(),
         alert_cap: s.config.store.alert_cap,
     };
+    // Root's alone (0700, files 0600), tightened before anything is written into it.
+    let state_dir = s.config.store.state_dir.clone();
+    netguard_user::statedir::secure(&state_dir)?;
     let store = netguard_store::open(&store_opts).await.context("could not open the state store")?;
     log::info!("state store: {}", store.backend_name());
+    // Writes the last shutdown could not deliver go first, so the restore below includes them.
+    if let Some(what) = netguard_user::statedir::replay_unwritten(&state_dir, store.as_ref()).await? {
+        log::info!("replayed the store writes kept at the last shutdown: {what}");
+    }
 
     // What must never be blocked, read before anything can block: the first refresh runs now.
     let trust = Trust::new(&s.config.trust);
@@ -178,8 +185,6 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         .expect("netguard_response_capped_total registered once");
     tokio::spawn(count_alerts(control.clone(), metrics.clone()));
 
-    std::fs::create_dir_all(&s.config.store.state_dir)
-        .with_context(|| format!("cannot create state dir {}", s.config.store.state_dir.display()))?;
     let (tokens, origin) = api::Tokens::load(&s.config.api, std::env::var(api::auth::ADMIN_TOKEN_ENV).ok(), &s.config.store.state_dir)
         .context("could not set up API tokens")?;
     match origin {
@@ -190,6 +195,7 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         ),
         other => log::info!("admin token from {other:?}"),
     }
+    netguard_user::statedir::secure_new_files(&state_dir)?;
     let mut state = api::ApiState::new(control.clone(), metrics.clone(), Arc::new(tokens), &s.config.api);
     // One host-event engine for the API and the auth-log fast path, so both count into one tracker.
     let host_events = Events::new(control.clone(), metrics.clone(), s.config.events.clone(), s.config.detect.response.dry_run);
@@ -261,17 +267,52 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     let detector = tokio::spawn(detect(sensor, flows_now.clone(), auth_rx, trust));
 
     let result = summarise(&dp, &control, &metrics, every, &new_flows, &flows_now).await;
-    detector.abort();
-    reader.abort();
-    drop(authlog);
     log::info!("shutting down");
+    // Writers first (no new blocks from the API or the log), then the store's queue.
     let _ = stop_api.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(e))) => log::warn!("API server: {e}"),
         Err(_) => log::warn!("API server did not stop within 5 s"),
         _ => {}
     }
+    detector.abort();
+    reader.abort();
+    if let Some((tail, consumer)) = authlog {
+        // The tailer waits for the consumer to count what it was sent, then saves its position.
+        tail.stop().await;
+        if tokio::time::timeout(Duration::from_secs(5), consumer).await.is_err() {
+            log::warn!("auth-log consumer did not finish within 5 s");
+        }
+    }
+    flush_store(control.store().as_ref(), &state_dir, s.config.store.shutdown_flush).await;
     result
+}
+
+/// Delivers the writes queued during a store outage within `wait`; keeps the rest in the state
+/// dir for the next start, and says exactly what they are.
+async fn flush_store(store: &dyn netguard_store::Store, state_dir: &std::path::Path, wait: Duration) {
+    let queued = store.queued_writes();
+    if queued == 0 {
+        return;
+    }
+    log::info!("delivering {queued} queued store write(s) (up to {})", humantime::format_duration(wait));
+    match tokio::time::timeout(wait, store.flush()).await {
+        Ok(Ok(())) => {
+            log::info!("store write queue delivered");
+            return;
+        }
+        Ok(Err(e)) => log::warn!("store still unreachable: {e}"),
+        Err(_) => log::warn!("store write queue not delivered within {}", humantime::format_duration(wait)),
+    }
+    let left = store.take_queued().await;
+    if left.is_empty() {
+        return;
+    }
+    let what = netguard_store::resilient::describe(&left);
+    match netguard_user::statedir::keep_unwritten(state_dir, left) {
+        Ok(path) => log::warn!("not written to the store: {what}; kept in {} and replayed at the next start", path.display()),
+        Err(e) => log::error!("LOST store writes: {what}: {e}"),
+    }
 }
 
 /// The detection loop: one tick per second (the features' short window). Failed logins from the auth
