@@ -44,27 +44,38 @@ impl Daemon {
 
     /// [`Daemon::start`] in any namespace, on interface `iface` there.
     pub fn start_in(ns: &str, iface: &str, state: &Path, api: &str, token: &str, extra: &[&str]) -> Daemon {
-        let log = state.join("netguard.log");
-        let out = File::create(&log).expect("daemon log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
+        Self::launch(ns, iface, &state.join("netguard.log"), state, api, Some(token), extra)
+    }
+
+    /// [`Daemon::start`] with no `NETGUARD_ADMIN_TOKEN`, so the daemon generates `admin.token` in
+    /// `state` (which need not exist yet: the log goes to `log`); the token is read from there.
+    pub fn start_generating_token(lab: &NetnsPair, log: &Path, state: &Path, api: &str, extra: &[&str]) -> Daemon {
+        Self::launch(&lab.sensor, SENSOR_IF, log, state, api, None, extra)
+    }
+
+    fn launch(ns: &str, iface: &str, log: &Path, state: &Path, api: &str, token: Option<&str>, extra: &[&str]) -> Daemon {
+        let out = File::create(log).expect("daemon log file");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
             .arg(netguard_bin())
             .args(["run", "--iface", iface, "--xdp-mode", "skb", "--listen", api])
             .args(["--summary-every", "60", "--state-dir"])
             .arg(state)
             .args(extra)
-            .env("NETGUARD_ADMIN_TOKEN", token)
+            .env_remove("NETGUARD_ADMIN_TOKEN")
             .env("RUST_BACKTRACE", "0")
             .stdout(out.try_clone().expect("dup log fd"))
-            .stderr(out)
-            .spawn()
-            .expect("netguard starts");
-        let d = Daemon {
+            .stderr(out);
+        if let Some(token) = token {
+            cmd.env("NETGUARD_ADMIN_TOKEN", token);
+        }
+        let child = cmd.spawn().expect("netguard starts");
+        let mut d = Daemon {
             child: Some(child),
             ns: ns.to_owned(),
             api: api.to_string(),
-            token: token.to_string(),
-            log,
+            token: token.unwrap_or_default().to_string(),
+            log: log.to_path_buf(),
         };
         let start = Instant::now();
         while !d.get("/api/v1/health").contains("\"attached\":true") {
@@ -74,6 +85,11 @@ impl Daemon {
                 d.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+        if token.is_none() {
+            let file = state.join("admin.token");
+            let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            d.token = text.trim().to_owned();
         }
         d
     }
