@@ -306,7 +306,10 @@ async fn writes_still_queued_at_shutdown_are_kept_and_replayed_by_the_next_proce
     store.kv_put("authlog:/x", b"42").await.unwrap();
     // Shutdown: a bounded flush fails, and the queue is taken whole, in order.
     let flushed = tokio::time::timeout(Duration::from_secs(2), store.flush()).await;
-    assert!(!matches!(flushed, Ok(Ok(()))), "flushed with the server down");
+    assert!(
+        !matches!(flushed, Ok(Ok(()))),
+        "flushed with the server down"
+    );
     let left = Store::take_queued(&store).await;
     assert_eq!(store.queued(), 0);
     assert_eq!(left.len(), 3);
@@ -332,5 +335,8 @@ async fn writes_still_queued_at_shutdown_are_kept_and_replayed_by_the_next_proce
         .map(|e| e.cidr)
         .collect();
     assert_eq!(cidrs, [new.cidr]);
-    assert_eq!(store.kv_get("authlog:/x").await.unwrap(), Some(b"42".to_vec()));
+    assert_eq!(
+        store.kv_get("authlog:/x").await.unwrap(),
+        Some(b"42".to_vec())
+    );
 }

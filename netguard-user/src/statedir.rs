@@ -42,7 +42,10 @@ pub enum StateDirError {
     },
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateDirError + 'a {
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StateDirError + 'a {
     move |source| StateDirError::Io {
         action,
         path: path.to_owned(),
@@ -136,7 +139,10 @@ fn load_unwritten(dir: &Path) -> Result<Option<Vec<QueuedWrite>>, StateDirError>
 /// At start: applies the writes the last shutdown kept, in order, then removes the file. A store
 /// that fails meanwhile leaves the file in place for the next start (replaying twice is harmless:
 /// every write is idempotent or at least once). Returns the writes' description, if there were any.
-pub async fn replay_unwritten(dir: &Path, store: &dyn Store) -> Result<Option<String>, StateDirError> {
+pub async fn replay_unwritten(
+    dir: &Path,
+    store: &dyn Store,
+) -> Result<Option<String>, StateDirError> {
     let Some(writes) = load_unwritten(dir)? else {
         return Ok(None);
     };
@@ -180,7 +186,11 @@ mod tests {
         fs::set_permissions(&other, Permissions::from_mode(0o644)).unwrap();
         secure(&old).unwrap();
         assert_eq!((mode(&old), mode(&db)), (0o700, 0o600));
-        assert_eq!(mode(&other), 0o644, "only the state files are ours to change");
+        assert_eq!(
+            mode(&other),
+            0o644,
+            "only the state files are ours to change"
+        );
     }
 
     #[test]
@@ -190,6 +200,9 @@ mod tests {
         let path = keep_unwritten(tmp.path(), vec![kv("a")]).unwrap();
         assert_eq!(mode(&path), 0o600);
         keep_unwritten(tmp.path(), vec![kv("b")]).unwrap();
-        assert_eq!(load_unwritten(tmp.path()).unwrap(), Some(vec![kv("a"), kv("b")]));
+        assert_eq!(
+            load_unwritten(tmp.path()).unwrap(),
+            Some(vec![kv("a"), kv("b")])
+        );
     }
 }

@@ -196,7 +196,11 @@ async fn the_position_moves_only_past_counted_lines() {
     counted.add(1);
     let deadline = Instant::now() + Duration::from_secs(5);
     while at(&offsets) != Some(first_line) {
-        assert!(Instant::now() < deadline, "position not moved after the count: {:?}", at(&offsets));
+        assert!(
+            Instant::now() < deadline,
+            "position not moved after the count: {:?}",
+            at(&offsets)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A crash now (the task ends without the rest being counted): the next start reads lines 2
@@ -206,12 +210,8 @@ async fn the_position_moves_only_past_counted_lines() {
     tail.stop().await;
     assert_eq!(at(&offsets), Some(first_line));
     let (tx, mut rx) = mpsc::channel(16);
-    let (tail, counted) = spawn_authlog_counted(
-        &path,
-        AuthLogOptions::default(),
-        offsets.clone(),
-        tx,
-    );
+    let (tail, counted) =
+        spawn_authlog_counted(&path, AuthLogOptions::default(), offsets.clone(), tx);
     let ports: Vec<_> = recv(&mut rx, 2).await.iter().map(|e| e.src_port).collect();
     assert_eq!(ports, [Some(2), Some(3)]);
     quiet(&mut rx).await;

@@ -430,7 +430,10 @@ fn a_forged_program_name_cannot_be_told_apart_in_a_syslog_file() {
     // README says which sources to trust (a root-only `sshd -E` file, or journald's own fields).
     let forged = "Nov 21 12:00:01 h sshd[1]: Failed password for root from 10.0.0.9 port 7 ssh2";
     let p = utc().with_format(crate::hostevents::sshd::AuthLogFormat::Syslog);
-    assert_eq!(p.parse(forged, now()).map(|(e, _)| e.kind), Some(K::FailedPassword));
+    assert_eq!(
+        p.parse(forged, now()).map(|(e, _)| e.kind),
+        Some(K::FailedPassword)
+    );
     // Other names are still refused, as before.
     let other = "Nov 21 12:00:01 h logger[1]: Failed password for root from 10.0.0.9 port 7 ssh2";
     assert_eq!(p.parse(other, now()), None);

@@ -369,7 +369,10 @@ fn an_overlong_line_split_across_reads_yields_no_piece() {
     assert_eq!(tail.position().unwrap(), start, "inside the long line");
     // A restart now resumes at the long line's start and drops it too.
     let (mut again, again_counters) = follower(&lab.path, Some(start), opts.clone());
-    append(&lab.path, "Failed password for root from 10.0.0.1 port 22 ssh2\n");
+    append(
+        &lab.path,
+        "Failed password for root from 10.0.0.1 port 22 ssh2\n",
+    );
     assert!(tail.poll().lines.is_empty());
     assert!(again.poll().lines.is_empty());
     assert_eq!(counters.snapshot().overlong, 1);
@@ -383,7 +386,10 @@ fn an_overlong_line_split_across_reads_yields_no_piece() {
     append(&lab.path, &"z".repeat(100));
     let (mut late, late_counters) = follower(&lab.path, None, opts);
     assert!(late.poll().lines.is_empty());
-    append(&lab.path, "Failed password for root from 10.0.0.1 port 22 ssh2\nok 3\n");
+    append(
+        &lab.path,
+        "Failed password for root from 10.0.0.1 port 22 ssh2\nok 3\n",
+    );
     assert_eq!(late.poll().lines, ["ok 3"]);
     assert_eq!(late_counters.snapshot().overlong, 1);
 }
