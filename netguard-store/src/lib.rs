@@ -36,7 +36,7 @@ pub mod url;
 // `self::` because `redis` alone would also name the redis crate.
 pub use self::embedded::{EmbeddedConfig, EmbeddedStore};
 pub use self::redis::{RedisConfig, RedisStore};
-pub use self::resilient::{ResilientConfig, ResilientStore};
+pub use self::resilient::{QueuedWrite, ResilientConfig, ResilientStore};
 pub use error::{Result, StoreError};
 pub use url::redact_url;
 pub use types::{
@@ -131,6 +131,18 @@ pub trait Store: Send + Sync {
     /// resilient wrapper queues; every other store writes through.
     fn queued_writes(&self) -> usize {
         0
+    }
+
+    /// Sends every queued write to the backend now; `Ok` once none is left (at once for stores
+    /// that do not queue). Callers bound it with a timeout at shutdown.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Empties the write queue and returns it, in order, for the caller to keep elsewhere
+    /// ([`resilient::replay`] applies it later). Empty for stores that do not queue.
+    async fn take_queued(&self) -> Vec<QueuedWrite> {
+        Vec::new()
     }
 
     /// Entry changes made by *other* store instances sharing the backend, or `None` when the

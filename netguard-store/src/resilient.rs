@@ -57,9 +57,12 @@ impl Default for ResilientConfig {
     }
 }
 
-/// A write, owned so it can wait in the queue.
-#[derive(Debug, Clone)]
-enum Op {
+/// A write, owned so it can wait in the queue; serialisable so that what is still queued at
+/// shutdown can be kept on disk and replayed at the next start ([`Store::take_queued`],
+/// [`replay`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueuedWrite {
     PutEntries(ListKind, Vec<ListEntry>),
     RemoveEntry(ListKind, IpNet, Scope),
     AppendAlert(Box<Alert>),
@@ -68,6 +71,46 @@ enum Op {
     KvPut(String, Vec<u8>),
     IncrCounter(String, u64),
     RecordEvents(Vec<HostEventRecord>, Duration),
+}
+
+use QueuedWrite as Op;
+
+impl QueuedWrite {
+    /// What kind of write this is, for the shutdown log ("what could not be written").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::PutEntries(ListKind::Block, _) => "blocklist puts",
+            Op::PutEntries(ListKind::Allow, _) => "allowlist puts",
+            Op::RemoveEntry(ListKind::Block, ..) => "blocklist removals",
+            Op::RemoveEntry(ListKind::Allow, ..) => "allowlist removals",
+            Op::AppendAlert(_) => "alerts",
+            Op::PutSensor(_) => "sensor updates",
+            Op::RemoveSensor(_) => "sensor removals",
+            Op::KvPut(..) => "key/value puts (auth-log position)",
+            Op::IncrCounter(..) => "counter increments",
+            Op::RecordEvents(..) => "host-event batches",
+        }
+    }
+}
+
+/// Counts per [`QueuedWrite::kind`], e.g. "2 blocklist puts, 1 alerts".
+pub fn describe(writes: &[QueuedWrite]) -> String {
+    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for w in writes {
+        *counts.entry(w.kind()).or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    parts.join(", ")
+}
+
+/// Applies writes to `store` in order (through its own queue, if it has one). Every write is
+/// idempotent or at-least-once (see the module docs), so replaying one that had in fact reached
+/// the backend does no harm. Stops at the first error.
+pub async fn replay(store: &dyn Store, writes: &[QueuedWrite]) -> Result<()> {
+    for w in writes {
+        apply(store, w).await?;
+    }
+    Ok(())
 }
 
 /// What a write returned, or that it was queued.
@@ -303,6 +346,14 @@ impl<S: Store + 'static> ResilientStore<S> {
         self.shared.drain().await
     }
 
+    /// Empties the queue and returns what was in it, in order: at shutdown, after
+    /// [`Self::flush`] could not finish, so the caller can keep it (see [`replay`]).
+    pub async fn take_queued(&self) -> Vec<QueuedWrite> {
+        let mut queue = self.shared.queue.lock().await;
+        self.shared.queued.store(0, Ordering::Relaxed);
+        queue.drain(..).collect()
+    }
+
     /// Reads must not see state older than our own queued writes: replay first, or fail.
     async fn ready(&self) -> Result<()> {
         if self.queued() > 0 {
@@ -471,6 +522,14 @@ impl<S: Store + 'static> Store for ResilientStore<S> {
 
     fn queued_writes(&self) -> usize {
         self.queued()
+    }
+
+    async fn flush(&self) -> Result<()> {
+        ResilientStore::flush(self).await
+    }
+
+    async fn take_queued(&self) -> Vec<QueuedWrite> {
+        ResilientStore::take_queued(self).await
     }
 
     async fn subscribe_changes(&self) -> Result<Option<ChangeReceiver>> {

@@ -277,3 +277,66 @@ async fn host_events_during_an_outage_are_not_double_counted() {
         "each event stored exactly once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_still_queued_at_shutdown_are_kept_and_replayed_by_the_next_process() {
+    use netguard_store::QueuedWrite;
+    use netguard_store::resilient::{describe, replay};
+    let mut h = RedisHarness {
+        server: RedisServer::start(true),
+        prefix: "shutdown".into(),
+    };
+    let redis = RedisStore::connect(h.config("sensor-1")).await.unwrap();
+    let store = ResilientStore::new(Arc::new(redis), quick_retries(100));
+    let old = entry("198.51.100.0/24", Scope::Global);
+    store
+        .put_entries(ListKind::Block, std::slice::from_ref(&old))
+        .await
+        .unwrap();
+    h.server.kill();
+    let new = entry("192.0.2.0/24", Scope::Global);
+    store
+        .put_entries(ListKind::Block, std::slice::from_ref(&new))
+        .await
+        .unwrap();
+    store
+        .remove_entry(ListKind::Block, &old.cidr, &old.scope)
+        .await
+        .unwrap();
+    store.kv_put("authlog:/x", b"42").await.unwrap();
+    // Shutdown: a bounded flush fails, and the queue is taken whole, in order.
+    let flushed = tokio::time::timeout(Duration::from_secs(2), store.flush()).await;
+    assert!(
+        !matches!(flushed, Ok(Ok(()))),
+        "flushed with the server down"
+    );
+    let left = Store::take_queued(&store).await;
+    assert_eq!(store.queued(), 0);
+    assert_eq!(left.len(), 3);
+    assert_eq!(
+        describe(&left),
+        "1 blocklist puts, 1 blocklist removals, 1 key/value puts (auth-log position)"
+    );
+    let json = serde_json::to_vec(&left).unwrap();
+    drop(store);
+
+    // The next process: the server is back, a new store replays what the old one kept.
+    h.server.restart();
+    let kept: Vec<QueuedWrite> = serde_json::from_slice(&json).unwrap();
+    assert_eq!(kept, left);
+    let redis = RedisStore::connect(h.config("sensor-1")).await.unwrap();
+    let store = ResilientStore::new(Arc::new(redis), quick_retries(100));
+    replay(&store, &kept).await.unwrap();
+    let cidrs: Vec<_> = store
+        .list_entries(ListKind::Block)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.cidr)
+        .collect();
+    assert_eq!(cidrs, [new.cidr]);
+    assert_eq!(
+        store.kv_get("authlog:/x").await.unwrap(),
+        Some(b"42".to_vec())
+    );
+}

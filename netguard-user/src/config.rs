@@ -40,6 +40,10 @@ pub struct StoreConfig {
     pub state_dir: PathBuf,
     /// Alert history kept (oldest trimmed).
     pub alert_cap: usize,
+    /// At SIGTERM/SIGINT, how long to wait for writes queued during a Redis outage to reach Redis;
+    /// what is left is kept in the state dir and replayed at the next start.
+    #[serde(with = "humantime_serde_compat")]
+    pub shutdown_flush: Duration,
 }
 
 impl Default for StoreConfig {
@@ -51,6 +55,7 @@ impl Default for StoreConfig {
             redis_prefix: "netguard".into(),
             state_dir: PathBuf::from("/var/lib/netguard"),
             alert_cap: 100_000,
+            shutdown_flush: Duration::from_secs(5),
         }
     }
 }
@@ -232,6 +237,9 @@ mod tests {
         assert_eq!(c.sensor_id.as_deref(), Some("vm-1"));
         assert_eq!(c.store.redis.as_deref(), Some("redis://127.0.0.1:6390"));
         assert_eq!(c.control.hit_alert_cooldown, Duration::from_secs(5));
+        assert_eq!(c.store.shutdown_flush, Duration::from_secs(5), "default");
+        let c = Config::parse("[store]\nshutdown_flush = \"250ms\"\n", "x").unwrap();
+        assert_eq!(c.store.shutdown_flush, Duration::from_millis(250));
         let e = Config::parse("[control]\nhit_alert_cooldown = \"soon\"\n", "x").unwrap_err().to_string();
         assert!(e.contains("soon"), "{e}");
     }

@@ -13,3 +13,4 @@ pub mod sensor;
 pub mod geo;
 pub mod trust;
 pub mod redis_url;
+pub mod statedir;

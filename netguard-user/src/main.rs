@@ -127,6 +127,12 @@ pub struct RunArgs {
     /// Read the auth log from its start instead of its end (only when no position was saved).
     #[arg(long)]
     auth_log_from_start: bool,
+    /// Which lines of the auth log are believed: `sshd-e` (only the bare lines of a file that
+    /// `sshd -E FILE` writes itself), `syslog` (only timestamped sshd lines; bare lines are
+    /// ignored), or `auto` (the first line read decides). See README: a syslog file cannot prove
+    /// which program wrote a line.
+    #[arg(long, value_enum, default_value_t = netguard_user::hostevents::AuthLogFormat::Auto)]
+    auth_log_format: netguard_user::hostevents::AuthLogFormat,
     /// MaxMind GeoLite2-City or GeoLite2-Country .mmdb file for GET /api/v1/geo-attacks (also
     /// `geoip_db` under [api] in the config file); checked at start.
     #[arg(long, value_name = "PATH")]

@@ -33,6 +33,7 @@ struct Settings {
     record_features: Option<std::path::PathBuf>,
     auth_log: Option<std::path::PathBuf>,
     auth_log_from_start: bool,
+    auth_log_format: hostevents::AuthLogFormat,
     /// The `--geoip-db` database, opened and checked before anything is attached.
     geoip: Option<Arc<netguard_user::geo::GeoDb>>,
     /// HTTPS for the API (`[api] tls_cert`, `tls_key`), checked before anything is attached.
@@ -95,6 +96,7 @@ fn settings(args: &RunArgs) -> Result<Settings> {
         record_features: args.record_features.clone(),
         auth_log: args.auth_log.clone().or_else(netguard_user::hostevents::default_auth_log),
         auth_log_from_start: args.auth_log_from_start,
+        auth_log_format: args.auth_log_format,
         geoip,
         api_tls,
     })
@@ -144,8 +146,15 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         sensor_id: s.sensor_id.clone(),
         alert_cap: s.config.store.alert_cap,
     };
+    // Root's alone (0700, files 0600), tightened before anything is written into it.
+    let state_dir = s.config.store.state_dir.clone();
+    netguard_user::statedir::secure(&state_dir)?;
     let store = netguard_store::open(&store_opts).await.context("could not open the state store")?;
     log::info!("state store: {}", store.backend_name());
+    // Writes the last shutdown could not deliver go first, so the restore below includes them.
+    if let Some(what) = netguard_user::statedir::replay_unwritten(&state_dir, store.as_ref()).await? {
+        log::info!("replayed the store writes kept at the last shutdown: {what}");
+    }
 
     // What must never be blocked, read before anything can block: the first refresh runs now.
     let trust = Trust::new(&s.config.trust);
@@ -188,8 +197,6 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         .expect("netguard_response_capped_total registered once");
     tokio::spawn(count_alerts(control.clone(), metrics.clone()));
 
-    std::fs::create_dir_all(&s.config.store.state_dir)
-        .with_context(|| format!("cannot create state dir {}", s.config.store.state_dir.display()))?;
     let (tokens, origin) = api::Tokens::load(&s.config.api, std::env::var(api::auth::ADMIN_TOKEN_ENV).ok(), &s.config.store.state_dir)
         .context("could not set up API tokens")?;
     match origin {
@@ -200,6 +207,7 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         ),
         other => log::info!("admin token from {other:?}"),
     }
+    netguard_user::statedir::secure_new_files(&state_dir)?;
     let mut state = api::ApiState::new(control.clone(), metrics.clone(), Arc::new(tokens), &s.config.api);
     // One host-event engine for the API and the auth-log fast path, so both count into one tracker.
     let host_events = Events::new(control.clone(), metrics.clone(), s.config.events.clone(), s.config.detect.response.dry_run);
@@ -249,39 +257,75 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     let auth_events = match &s.auth_log {
         Some(path) => {
             let (tx, rx) = tokio::sync::mpsc::channel(4096);
-            let opts = hostevents::AuthLogOptions::default().from_start(s.auth_log_from_start);
+            let opts = hostevents::AuthLogOptions::default().from_start(s.auth_log_from_start).format(s.auth_log_format);
             let offsets = hostevents::StoreOffsets::new(control.store().clone(), path);
-            // The handle stops the tailer when dropped: keep it for the daemon's lifetime.
-            let handle = hostevents::spawn_authlog(path, opts, offsets, tx);
+            // The handle stops the tailer when dropped: keep it for the daemon's lifetime. Its
+            // position moves only past lines the consumer below has counted.
+            let (handle, counted) = hostevents::spawn_authlog_counted(path, opts, offsets, tx);
             metrics.host_events().watch_authlog(handle.counters());
             // Fast path: each event is counted (and blocked on) as it arrives, then handed on to the
             // detector's failed-login features.
             let (to_detector, rx_detector) = tokio::sync::mpsc::channel(4096);
-            tokio::spawn(host_events.clone().follow_authlog(rx, Some(to_detector)));
+            let consumer = tokio::spawn(host_events.clone().follow_authlog_counted(rx, Some(to_detector), Some(counted)));
             log::info!("following {} for failed logins", path.display());
-            Some((handle, rx_detector))
+            Some((handle, consumer, rx_detector))
         }
         None => None,
     };
     let (authlog, auth_rx) = match auth_events {
-        Some((h, rx)) => (Some(h), Some(rx)),
+        Some((h, consumer, rx)) => (Some((h, consumer)), Some(rx)),
         None => (None, None),
     };
     let flows_now = Arc::new(AtomicU64::new(0));
     let detector = tokio::spawn(detect(sensor, flows_now.clone(), auth_rx, trust));
 
     let result = summarise(&dp, &control, &metrics, every, &new_flows, &flows_now).await;
-    detector.abort();
-    reader.abort();
-    drop(authlog);
     log::info!("shutting down");
+    // Writers first (no new blocks from the API or the log), then the store's queue.
     let _ = stop_api.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(e))) => log::warn!("API server: {e}"),
         Err(_) => log::warn!("API server did not stop within 5 s"),
         _ => {}
     }
+    detector.abort();
+    reader.abort();
+    if let Some((tail, consumer)) = authlog {
+        // The tailer waits for the consumer to count what it was sent, then saves its position.
+        tail.stop().await;
+        if tokio::time::timeout(Duration::from_secs(5), consumer).await.is_err() {
+            log::warn!("auth-log consumer did not finish within 5 s");
+        }
+    }
+    flush_store(control.store().as_ref(), &state_dir, s.config.store.shutdown_flush).await;
     result
+}
+
+/// Delivers the writes queued during a store outage within `wait`; keeps the rest in the state
+/// dir for the next start, and says exactly what they are.
+async fn flush_store(store: &dyn netguard_store::Store, state_dir: &std::path::Path, wait: Duration) {
+    let queued = store.queued_writes();
+    if queued == 0 {
+        return;
+    }
+    log::info!("delivering {queued} queued store write(s) (up to {})", humantime::format_duration(wait));
+    match tokio::time::timeout(wait, store.flush()).await {
+        Ok(Ok(())) => {
+            log::info!("store write queue delivered");
+            return;
+        }
+        Ok(Err(e)) => log::warn!("store still unreachable: {e}"),
+        Err(_) => log::warn!("store write queue not delivered within {}", humantime::format_duration(wait)),
+    }
+    let left = store.take_queued().await;
+    if left.is_empty() {
+        return;
+    }
+    let what = netguard_store::resilient::describe(&left);
+    match netguard_user::statedir::keep_unwritten(state_dir, left) {
+        Ok(path) => log::warn!("not written to the store: {what}; kept in {} and replayed at the next start", path.display()),
+        Err(e) => log::error!("LOST store writes: {what}: {e}"),
+    }
 }
 
 /// The detection loop: one tick per second (the features' short window). Failed logins from the auth

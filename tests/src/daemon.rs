@@ -37,12 +37,18 @@ pub struct Daemon {
     cacert: Option<PathBuf>,
 }
 
-/// How to launch beyond the flags: environment variables, and HTTPS with a private CA.
+/// How to launch beyond the flags: environment variables, HTTPS with a private CA, where the log
+/// goes, and whether the daemon generates its own admin token.
 #[derive(Default)]
 pub struct Launch {
     pub env: Vec<(String, String)>,
     /// The API serves HTTPS (the flags or config must say so); curl trusts this CA.
     pub cacert: Option<PathBuf>,
+    /// The log file; default `state/netguard.log`.
+    pub log: Option<PathBuf>,
+    /// No `NETGUARD_ADMIN_TOKEN`: the daemon generates `admin.token` in the state dir, and the
+    /// harness reads it from there once the daemon is healthy.
+    pub generate_token: bool,
 }
 
 impl Daemon {
@@ -57,25 +63,38 @@ impl Daemon {
         Self::launch(ns, iface, state, api, token, extra, Launch::default())
     }
 
+    /// [`Daemon::start`] with no `NETGUARD_ADMIN_TOKEN`, so the daemon generates `admin.token` in
+    /// `state` (which need not exist yet: the log goes to `log`); the token is read from there.
+    pub fn start_generating_token(lab: &NetnsPair, log: &Path, state: &Path, api: &str, extra: &[&str]) -> Daemon {
+        let how = Launch {
+            log: Some(log.to_owned()),
+            generate_token: true,
+            ..Launch::default()
+        };
+        Self::launch(&lab.sensor, SENSOR_IF, state, api, "", extra, how)
+    }
+
     /// [`Daemon::start_in`] with extra environment and, for HTTPS, the CA curl trusts.
     pub fn launch(ns: &str, iface: &str, state: &Path, api: &str, token: &str, extra: &[&str], how: Launch) -> Daemon {
-        let log = state.join("netguard.log");
+        let log = how.log.clone().unwrap_or_else(|| state.join("netguard.log"));
         let out = File::create(&log).expect("daemon log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
             .arg(netguard_bin())
             .args(["run", "--iface", iface, "--xdp-mode", "skb", "--listen", api])
             .args(["--summary-every", "60", "--state-dir"])
             .arg(state)
             .args(extra)
-            .env("NETGUARD_ADMIN_TOKEN", token)
+            .env_remove("NETGUARD_ADMIN_TOKEN")
             .env("RUST_BACKTRACE", "0")
             .envs(how.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(out.try_clone().expect("dup log fd"))
-            .stderr(out)
-            .spawn()
-            .expect("netguard starts");
-        let d = Daemon {
+            .stderr(out);
+        if !how.generate_token {
+            cmd.env("NETGUARD_ADMIN_TOKEN", token);
+        }
+        let child = cmd.spawn().expect("netguard starts");
+        let mut d = Daemon {
             child: Some(child),
             ns: ns.to_owned(),
             api: api.to_string(),
@@ -91,6 +110,11 @@ impl Daemon {
                 d.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+        if how.generate_token {
+            let file = state.join("admin.token");
+            let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            d.token = text.trim().to_owned();
         }
         d
     }

@@ -12,6 +12,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The network namespace it runs in (on that namespace's loopback), if not the host's.
+    ns: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -25,6 +27,20 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
+            ns: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Starts a server on the loopback of network namespace `ns`, where a daemon started in that
+    /// namespace can reach it (the host's loopback is another one).
+    pub fn start_in(ns: &str) -> Self {
+        let mut s = Self {
+            port: 6379,
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            ns: Some(ns.to_owned()),
         };
         s.spawn();
         s
@@ -39,7 +55,16 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let mut cmd = match &self.ns {
+            // `ip netns exec` execs redis-server in place, so killing the child kills the server.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "redis-server"]);
+                c
+            }
+            None => Command::new("redis-server"),
+        };
+        let child = cmd
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
             .arg(self.dir())
@@ -49,10 +74,35 @@ impl RedisServer {
             .expect("redis-server not found: run `cargo xtask setup`");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !self.answers() {
             assert!(Instant::now() < deadline, "redis-server did not listen on port {} within 10 s", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn answers(&self) -> bool {
+        match &self.ns {
+            Some(ns) => Command::new("ip")
+                .args(["netns", "exec", ns, "redis-cli", "-p", &self.port.to_string(), "ping"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG")),
+            None => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+        }
+    }
+
+    /// Runs `redis-cli ARGS` against this server; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let port = self.port.to_string();
+        let mut cmd = match &self.ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "redis-cli"]);
+                c
+            }
+            None => Command::new("redis-cli"),
+        };
+        let out = cmd.args(["-p", &port]).args(args).output().expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// SIGKILL: the server vanishes as in a crash.

@@ -187,6 +187,8 @@ fn hydra_is_blocked_in_the_kernel_on_the_fifth_failure() {
     let flags = [
         "--auth-log",
         &log_arg,
+        "--auth-log-format",
+        "sshd-e",
         "--config",
         &config_arg,
         "--sensor-id",

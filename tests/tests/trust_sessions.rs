@@ -104,7 +104,7 @@ fn authenticated_sessions_are_protected_while_they_last() {
     let api = format!("{SENSOR_V4}:9743");
     let log = sshd_log.to_string_lossy().into_owned();
     let cfg = cfg.to_string_lossy().into_owned();
-    let d = Daemon::start(&lab, state.path(), &api, TOKEN, &["--auth-log", &log, "--config", &cfg]);
+    let d = Daemon::start(&lab, state.path(), &api, TOKEN, &["--auth-log", &log, "--auth-log-format", "sshd-e", "--config", &cfg]);
 
     // An accepted SSH login protects its peer while the connection lasts.
     let peer = ATTACKER_V4[0].to_string();

@@ -262,8 +262,20 @@ impl Events {
     /// features). Ends when the follower's channel closes.
     pub async fn follow_authlog(
         self,
+        rx: mpsc::Receiver<HostEvent>,
+        forward: Option<mpsc::Sender<HostEvent>>,
+    ) {
+        self.follow_authlog_counted(rx, forward, None).await;
+    }
+
+    /// [`Events::follow_authlog`], reporting each batch to the tailer once it is counted (and its
+    /// store write made or queued), so the tailer saves its position only past counted lines
+    /// (`hostevents::spawn_authlog_counted`).
+    pub async fn follow_authlog_counted(
+        self,
         mut rx: mpsc::Receiver<HostEvent>,
         forward: Option<mpsc::Sender<HostEvent>>,
+        counted: Option<crate::hostevents::Counted>,
     ) {
         let preloaded = self.preload_local().await;
         log::debug!("preloaded {preloaded} recent auth-log fingerprint(s)");
@@ -277,6 +289,9 @@ impl Events {
                 }
             }
             self.on_local(&batch).await;
+            if let Some(counted) = &counted {
+                counted.add(batch.len());
+            }
             if let Some(tx) = &forward {
                 for ev in batch {
                     // Never wait for the detector's tick: a full queue costs feature accuracy only.

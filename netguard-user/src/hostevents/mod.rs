@@ -9,6 +9,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,7 +31,7 @@ mod watch;
 mod tests;
 
 pub use offsets::{FilePos, MemoryOffsets, OffsetError, OffsetStore, Position, StoreOffsets};
-pub use sshd::LineParser;
+pub use sshd::{AuthLogFormat, LineParser, MAX_REPEAT, Parsed};
 pub use stamp::Zone;
 pub use tail::{Batch, FollowOptions, Follower};
 
@@ -97,6 +98,13 @@ pub struct AuthLogCounters {
     pub rotations: AtomicU64,
     /// The file was cut shorter than what had been read (copytruncate).
     pub truncations: AtomicU64,
+    /// Lines longer than `max_line`, dropped whole.
+    pub overlong: AtomicU64,
+    /// "message repeated N times" lines whose N was cut to [`sshd::MAX_REPEAT`].
+    pub repeats_clamped: AtomicU64,
+    /// Lines of the shape the format does not accept (bare lines in a syslog file, or the
+    /// reverse), ignored.
+    pub wrong_shape: AtomicU64,
 }
 
 /// A plain copy of [`AuthLogCounters`].
@@ -107,6 +115,9 @@ pub struct AuthLogStats {
     pub unparsed: u64,
     pub rotations: u64,
     pub truncations: u64,
+    pub overlong: u64,
+    pub repeats_clamped: u64,
+    pub wrong_shape: u64,
 }
 
 impl AuthLogCounters {
@@ -118,6 +129,9 @@ impl AuthLogCounters {
             unparsed: get(&self.unparsed),
             rotations: get(&self.rotations),
             truncations: get(&self.truncations),
+            overlong: get(&self.overlong),
+            repeats_clamped: get(&self.repeats_clamped),
+            wrong_shape: get(&self.wrong_shape),
         }
     }
 }
@@ -130,6 +144,8 @@ pub struct AuthLogOptions {
     pub poll_interval: Duration,
     /// The zone of syslog-format timestamps.
     pub zone: Zone,
+    /// Which lines are believed (`--auth-log-format`).
+    pub format: AuthLogFormat,
 }
 
 impl Default for AuthLogOptions {
@@ -138,6 +154,7 @@ impl Default for AuthLogOptions {
             follow: FollowOptions::default(),
             poll_interval: Duration::from_millis(250),
             zone: Zone::Local,
+            format: AuthLogFormat::Auto,
         }
     }
 }
@@ -146,6 +163,11 @@ impl AuthLogOptions {
     /// `--auth-log-from-start`: with no saved position, replay the file from its beginning.
     pub fn from_start(mut self, yes: bool) -> Self {
         self.follow.from_start = yes;
+        self
+    }
+
+    pub fn format(mut self, format: AuthLogFormat) -> Self {
+        self.format = format;
         self
     }
 }
@@ -191,19 +213,66 @@ impl Drop for AuthLog {
 
 /// Follows `path`, sending every sshd login event on `tx`, until stopped or until the receiver is
 /// dropped. Must be called inside a tokio runtime. The saved position comes from `offsets` (resume
-/// where the last run stopped) and is saved there after each batch of lines has been sent.
+/// where the last run stopped) and is saved there after each batch of lines has been sent: for a
+/// consumer that is done with an event once it has received it. A consumer that does more (counts
+/// it, stores it) uses [`spawn_authlog_counted`].
 pub fn spawn_authlog<O: OffsetStore>(
     path: impl Into<PathBuf>,
     options: AuthLogOptions,
     offsets: O,
     tx: mpsc::Sender<HostEvent>,
 ) -> AuthLog {
+    spawn(path.into(), options, offsets, tx, None)
+}
+
+/// [`spawn_authlog`], but the position moves only past lines whose events the consumer has
+/// reported done with [`Counted::add`]: a crash between reading a line and counting it re-reads
+/// the line at the next start instead of losing it. On [`AuthLog::stop`] the tailer reads no
+/// more, waits (up to [`STOP_WAIT`]) for the consumer to finish what was sent, and saves.
+pub fn spawn_authlog_counted<O: OffsetStore>(
+    path: impl Into<PathBuf>,
+    options: AuthLogOptions,
+    offsets: O,
+    tx: mpsc::Sender<HostEvent>,
+) -> (AuthLog, Counted) {
+    let (ack, acks) = tokio::sync::watch::channel(0);
+    let log = spawn(path.into(), options, offsets, tx, Some(acks));
+    (log, Counted(Arc::new(ack)))
+}
+
+/// How long a stopping tailer waits for its consumer to count what was sent.
+pub const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// The consumer's side of [`spawn_authlog_counted`]: how many of the events received it is done
+/// with (in the order received).
+#[derive(Clone, Debug)]
+pub struct Counted(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Counted {
+    pub fn add(&self, events: usize) {
+        self.0.send_modify(|n| *n += events as u64);
+    }
+}
+
+fn spawn<O: OffsetStore>(
+    path: PathBuf,
+    options: AuthLogOptions,
+    offsets: O,
+    tx: mpsc::Sender<HostEvent>,
+    acks: Option<tokio::sync::watch::Receiver<u64>>,
+) -> AuthLog {
     let counters = Arc::new(AuthLogCounters::default());
     let stop = Arc::new(Notify::new());
     let task = tokio::spawn(run(
-        path.into(),
+        path,
         options,
-        offsets,
+        Saver {
+            offsets,
+            acks,
+            sent: 0,
+            pending: VecDeque::new(),
+            last_saved: None,
+        },
         tx,
         Arc::clone(&counters),
         Arc::clone(&stop),
@@ -215,15 +284,100 @@ pub fn spawn_authlog<O: OffsetStore>(
     }
 }
 
+/// Saves the tailer's position once the events before it are done with.
+struct Saver<O> {
+    offsets: O,
+    /// The consumer's count of events done with; `None`: done once sent.
+    acks: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Events sent so far.
+    sent: u64,
+    /// Positions not yet saved, each with the number of events sent before it, oldest first.
+    pending: VecDeque<(u64, Position)>,
+    last_saved: Option<Position>,
+}
+
+impl<O: OffsetStore> Saver<O> {
+    fn done(&self) -> u64 {
+        match &self.acks {
+            Some(acks) => *acks.borrow(),
+            None => self.sent,
+        }
+    }
+
+    /// Notes that everything read so far (and sent) ends at `pos`, then saves what is done.
+    async fn read_up_to(&mut self, pos: Option<Position>) {
+        if let Some(pos) = pos {
+            let newest = self.pending.back().map(|p| p.1).or(self.last_saved);
+            if newest != Some(pos) {
+                self.pending.push_back((self.sent, pos));
+            }
+        }
+        self.save_done().await;
+    }
+
+    /// Saves the newest position whose events are all done with.
+    async fn save_done(&mut self) {
+        let done = self.done();
+        let mut newest = None;
+        while let Some(&(needs, pos)) = self.pending.front() {
+            if needs > done {
+                break;
+            }
+            newest = Some(pos);
+            self.pending.pop_front();
+        }
+        let Some(pos) = newest.filter(|p| Some(*p) != self.last_saved) else {
+            return;
+        };
+        match self.offsets.save(&pos).await {
+            Ok(()) => self.last_saved = Some(pos),
+            Err(e) => log::warn!("saving the auth-log position: {e}"),
+        }
+    }
+
+    /// Resolves when the consumer reports progress (never without a consumer count).
+    async fn progress(&mut self) {
+        let changed = match &mut self.acks {
+            Some(acks) => acks.changed().await.is_ok(),
+            None => false,
+        };
+        if !changed {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// At stop: waits for the consumer to finish what was sent (bounded), then saves.
+    async fn finish(&mut self, path: &Path) {
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        while self.done() < self.sent {
+            let Some(acks) = &mut self.acks else { break };
+            match tokio::time::timeout_at(deadline, acks.changed()).await {
+                Ok(Ok(())) => {}
+                // The consumer is gone, or too slow: what it did not count is read again at the
+                // next start.
+                Ok(Err(_)) | Err(_) => {
+                    log::warn!(
+                        "stopping the auth-log tailer with {} event(s) of {} not counted; they are read again at the next start",
+                        self.sent - self.done(),
+                        path.display()
+                    );
+                    break;
+                }
+            }
+        }
+        self.save_done().await;
+    }
+}
+
 async fn run<O: OffsetStore>(
     path: PathBuf,
     mut options: AuthLogOptions,
-    offsets: O,
+    mut saver: Saver<O>,
     tx: mpsc::Sender<HostEvent>,
     counters: Arc<AuthLogCounters>,
     stop: Arc<Notify>,
 ) {
-    let saved = match offsets.load().await {
+    let saved = match saver.offsets.load().await {
         Ok(saved) => saved,
         Err(e) => {
             // Without the saved position a replay could read lines twice; starting at the end
@@ -233,7 +387,8 @@ async fn run<O: OffsetStore>(
             None
         }
     };
-    let parser = LineParser::new(options.zone);
+    saver.last_saved = saved;
+    let mut parser = LineParser::new(options.zone).with_format(options.format);
     let mut watch = watch::DirWatch::new(&path);
     let mut follower = Some(Follower::new(
         path.clone(),
@@ -241,10 +396,13 @@ async fn run<O: OffsetStore>(
         options.follow.clone(),
         Arc::clone(&counters),
     ));
-    let mut last_saved = saved;
     let mut tick = tokio::time::interval(options.poll_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    log::info!("following auth log {}", path.display());
+    log::info!(
+        "following auth log {} (format {})",
+        path.display(),
+        options.format.as_str()
+    );
     loop {
         // File I/O off the async workers; the follower moves into the blocking task and back.
         let mut f = follower.take().expect("follower is put back every round");
@@ -261,9 +419,32 @@ async fn run<O: OffsetStore>(
         follower = Some(f);
         let arrival = Utc::now();
         for line in &batch.lines {
-            let Some((event, repeat)) = parser.parse(line, arrival) else {
-                counters.unparsed.fetch_add(1, Ordering::Relaxed);
-                continue;
+            if let Some(format) = parser.resolve(line, arrival) {
+                log::info!(
+                    "auth log {}: its first line says format {} (set --auth-log-format to fix it)",
+                    path.display(),
+                    format.as_str()
+                );
+            }
+            let (event, repeat) = match parser.classify(line, arrival) {
+                Parsed::Event {
+                    event,
+                    repeat,
+                    clamped,
+                } => {
+                    if clamped {
+                        counters.repeats_clamped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (event, repeat)
+                }
+                Parsed::WrongShape => {
+                    counters.wrong_shape.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Parsed::Other => {
+                    counters.unparsed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
             };
             counters
                 .events
@@ -273,30 +454,36 @@ async fn run<O: OffsetStore>(
                     log::info!("auth-log events have no receiver; stopping the tailer");
                     return;
                 }
+                saver.sent += 1;
             }
         }
-        // Saved only after the events were handed on: a crash in between re-reads one batch
-        // rather than losing it.
-        if let Some(pos) = position.filter(|p| Some(*p) != last_saved) {
-            match offsets.save(&pos).await {
-                Ok(()) => last_saved = Some(pos),
-                Err(e) => log::warn!("saving the auth-log position: {e}"),
-            }
-        }
+        // Saved only once the events before it are done with (sent, or counted by a counting
+        // consumer): a crash in between re-reads those lines rather than losing them.
+        saver.read_up_to(position).await;
         if batch.more {
             tokio::task::yield_now().await;
             continue;
         }
         watch.ensure();
-        tokio::select! {
-            biased;
-            () = stop.notified() => return,
-            () = tx.closed() => {
-                log::info!("auth-log events have no receiver; stopping the tailer");
-                return;
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.notified() => {
+                    saver.finish(&path).await;
+                    return;
+                }
+                () = tx.closed() => {
+                    log::info!("auth-log events have no receiver; stopping the tailer");
+                    return;
+                }
+                () = saver.progress() => {
+                    saver.save_done().await;
+                    continue;
+                }
+                () = watch.changed() => {}
+                _ = tick.tick() => {}
             }
-            () = watch.changed() => {}
-            _ = tick.tick() => {}
+            break;
         }
     }
 }

@@ -21,8 +21,12 @@ pub(super) struct Open {
     pub(super) ino: u64,
     /// Next byte to read.
     pub(super) offset: u64,
-    /// Bytes after the last '\n' read so far.
+    /// Bytes after the last '\n' read so far; while `overlong` is set, only the last
+    /// [`TAIL_LEN`] of them (for the fingerprint once the line ends).
     pub(super) partial: Vec<u8>,
+    /// Set while dropping a line longer than `max_line`: how many of its bytes have been read.
+    /// They count as consumed only once its '\n' is read, so a restart never starts mid-line.
+    pub(super) overlong: Option<u64>,
     /// The last `min(committed, TAIL_LEN)` bytes before `committed()`: see [`FilePos::tail_hash`].
     pub(super) tail: Vec<u8>,
     /// When the file last grew: a rotated file is let go after a quiet grace period.
@@ -30,7 +34,9 @@ pub(super) struct Open {
 }
 
 impl Open {
-    /// Opens `path` and positions it at `offset`, which must be at a line start.
+    /// Opens `path` and positions it at `offset`, normally a line start. An offset inside a line
+    /// (a line too long to look back over) drops the rest of that line, as an over-long one: a
+    /// line's tail alone is never handed on.
     pub(super) fn at(path: &Path, offset: u64) -> io::Result<Open> {
         let file = File::open(path)?;
         let meta = file.metadata()?;
@@ -38,12 +44,14 @@ impl Open {
         let keep = offset.min(TAIL_LEN as u64);
         let mut tail = vec![0; keep as usize];
         file.read_exact_at(&mut tail, offset - keep)?;
+        let mid_line = offset > 0 && tail.last() != Some(&b'\n');
         Ok(Open {
             file,
             dev: meta.dev(),
             ino: meta.ino(),
             offset,
             partial: Vec::new(),
+            overlong: mid_line.then_some(0),
             tail,
             last_growth: Instant::now(),
         })
@@ -58,6 +66,9 @@ impl Open {
         File::open(path)?.read_exact_at(&mut last, len - look)?;
         let end = match last.iter().rposition(|&b| b == b'\n') {
             Some(i) => len - look + i as u64 + 1,
+            // The whole file is one unfinished line: it is being written, take it whole.
+            None if look == len => 0,
+            // Inside a line longer than `max_line`: `at` drops the rest of it.
             None => len,
         };
         Open::at(path, end)
@@ -78,7 +89,13 @@ impl Open {
     }
 
     pub(super) fn committed(&self) -> u64 {
-        self.offset - self.partial.len() as u64
+        self.offset - self.overlong.unwrap_or(self.partial.len() as u64)
+    }
+
+    /// Forgets the unfinished line, e.g. when the file restarts at 0.
+    pub(super) fn clear_partial(&mut self) {
+        self.partial.clear();
+        self.overlong = None;
     }
 
     pub(super) fn pos(&self) -> FilePos {
@@ -145,7 +162,10 @@ impl Open {
         self.read(out, &mut budget, counters, max_line)
     }
 
-    /// Splits freshly read bytes into lines, keeping an unfinished one in `partial`.
+    /// Splits freshly read bytes into lines, keeping an unfinished one in `partial`. A line longer
+    /// than `max_line` is dropped whole, up to and including its '\n', and counted: a piece of it
+    /// handed on as a line of its own would be text whose start nobody can vouch for (in a syslog
+    /// file, the tail of any user's `logger` message would read as a bare `sshd -E` line).
     fn absorb(
         &mut self,
         data: &[u8],
@@ -159,27 +179,45 @@ impl Open {
             .enumerate()
             .filter_map(|(i, &b)| (b == b'\n').then_some(i))
         {
-            if self.partial.is_empty() {
-                emit(&data[start..nl], out, counters);
-                self.remember(&data[start..=nl]);
+            let piece = &data[start..=nl];
+            if self.overlong.take().is_some() || self.partial.len() + piece.len() - 1 > max_line {
+                self.partial.extend_from_slice(piece);
+                let line = std::mem::take(&mut self.partial);
+                self.remember(&line);
+                counters.overlong.fetch_add(1, Ordering::Relaxed);
+            } else if self.partial.is_empty() {
+                emit(&piece[..piece.len() - 1], out, counters);
+                self.remember(piece);
             } else {
-                self.partial.extend_from_slice(&data[start..=nl]);
+                self.partial.extend_from_slice(piece);
                 let line = std::mem::take(&mut self.partial);
                 emit(&line[..line.len() - 1], out, counters);
                 self.remember(&line);
             }
             start = nl + 1;
         }
-        self.partial.extend_from_slice(&data[start..]);
-        if self.partial.len() > max_line {
-            self.flush_partial(out, counters);
+        let rest = &data[start..];
+        if let Some(read) = &mut self.overlong {
+            *read += rest.len() as u64;
+        } else if self.partial.len() + rest.len() > max_line {
+            self.overlong = Some((self.partial.len() + rest.len()) as u64);
+        }
+        self.partial.extend_from_slice(rest);
+        if self.overlong.is_some() {
+            // Only the last bytes are needed (for the fingerprint), so memory stays bounded.
+            let excess = self.partial.len().saturating_sub(TAIL_LEN);
+            self.partial.drain(..excess);
         }
     }
 
-    /// Hands on an unfinished line as it is: the file is being left (rotation, truncation) or the
-    /// line is absurdly long. It counts as consumed.
+    /// Hands on an unfinished line as it is: the file is being left (rotation, truncation), so it
+    /// will never be finished here. It counts as consumed; an over-long one is dropped (counted).
     pub(super) fn flush_partial(&mut self, out: &mut Vec<String>, counters: &AuthLogCounters) {
-        if !self.partial.is_empty() {
+        if self.overlong.take().is_some() {
+            let line = std::mem::take(&mut self.partial);
+            self.remember(&line);
+            counters.overlong.fetch_add(1, Ordering::Relaxed);
+        } else if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
             emit(&line, out, counters);
             self.remember(&line);

@@ -19,6 +19,43 @@ pub const SERVICE: &str = "ssh";
 /// (and 10.0 the authentication into `sshd-auth`), so newer hosts log failures under those names.
 const PROGRAMS: [&str; 3] = ["sshd", "sshd-session", "sshd-auth"];
 
+/// Largest "message repeated N times" count taken at its word. rsyslog folds identical lines only
+/// while no other line comes between, and sshd logs each guessed password with its own port, so
+/// real folds are small; a forged `message repeated 4000000000 times: [...]` would otherwise make
+/// the tailer emit four billion events. 100 is twenty times the default `max_retry` (5), so a
+/// genuine fold still trips every threshold; the clamp is counted in
+/// `netguard_authlog_repeats_clamped_total`.
+pub const MAX_REPEAT: u32 = 100;
+
+/// Which lines of the followed file are believed (`--auth-log-format`).
+///
+/// A plain-text syslog file cannot prove who wrote a line: rsyslog takes the program name from
+/// the message, so any local user's `logger -t 'sshd[1]' 'Failed password ...'` reads exactly
+/// like sshd. Only two sources are trustworthy: a file that only sshd writes (`sshd -E FILE`, root
+/// only) and journald's own fields (which this daemon does not read yet). See README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AuthLogFormat {
+    /// The first line read decides for the whole run: a syslog envelope means `syslog`, a bare
+    /// line means `sshd-e`. (Once decided, the other shape is ignored and counted.)
+    #[default]
+    Auto,
+    /// rsyslog/syslog lines with a timestamp and sshd's program name; bare lines are ignored.
+    Syslog,
+    /// The bare lines `sshd -E FILE` writes itself, and nothing else.
+    #[value(name = "sshd-e")]
+    SshdE,
+}
+
+impl AuthLogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthLogFormat::Auto => "auto",
+            AuthLogFormat::Syslog => "syslog",
+            AuthLogFormat::SshdE => "sshd-e",
+        }
+    }
+}
+
 /// The fields a recognised message yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Match {
@@ -28,33 +65,100 @@ pub struct Match {
     pub src_port: Option<u16>,
 }
 
+/// What one line is, for the tailer's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// An sshd login event that happened `repeat` times; `clamped` if the line claimed more than
+    /// [`MAX_REPEAT`].
+    Event {
+        event: HostEvent,
+        repeat: u32,
+        clamped: bool,
+    },
+    /// A line of the shape the format does not accept (a bare line in a syslog file, or the
+    /// reverse): ignored.
+    WrongShape,
+    /// Anything else: another program, another sshd message.
+    Other,
+}
+
 /// Parses whole log lines into [`HostEvent`]s.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LineParser {
     /// The zone of syslog-format timestamps.
     pub zone: Zone,
+    /// Which line shapes are believed. `Auto` in a parser accepts both shapes, as it always did;
+    /// the tailer resolves it from the first line ([`LineParser::resolve`]) before parsing.
+    pub format: AuthLogFormat,
 }
 
 impl LineParser {
     pub fn new(zone: Zone) -> Self {
-        LineParser { zone }
+        LineParser {
+            zone,
+            format: AuthLogFormat::Auto,
+        }
+    }
+
+    pub fn with_format(mut self, format: AuthLogFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// In `Auto`, fixes the format from `line` (the first one read) and returns it; otherwise
+    /// `None`.
+    pub fn resolve(&mut self, line: &str, arrival: DateTime<Utc>) -> Option<AuthLogFormat> {
+        if self.format != AuthLogFormat::Auto {
+            return None;
+        }
+        let env = stamp::split(line, arrival, self.zone);
+        self.format = if env.ts.is_some() {
+            AuthLogFormat::Syslog
+        } else {
+            AuthLogFormat::SshdE
+        };
+        Some(self.format)
     }
 
     /// One line (without its newline) read at `arrival`. Returns the event and how many times it
     /// happened: rsyslog may fold repeats into "message repeated N times: [ MSG]", which stands for N
-    /// more occurrences. `None` for anything that is not an sshd login line.
+    /// more occurrences (at most [`MAX_REPEAT`]). `None` for anything that is not an sshd login line.
     pub fn parse(&self, line: &str, arrival: DateTime<Utc>) -> Option<(HostEvent, u32)> {
+        match self.classify(line, arrival) {
+            Parsed::Event { event, repeat, .. } => Some((event, repeat)),
+            Parsed::WrongShape | Parsed::Other => None,
+        }
+    }
+
+    /// [`LineParser::parse`], saying also why a line was not taken.
+    pub fn classify(&self, line: &str, arrival: DateTime<Utc>) -> Parsed {
         let line = line.strip_suffix('\r').unwrap_or(line);
         let env = stamp::split(line, arrival, self.zone);
-        match env.program {
-            // Bare lines come from `sshd -E`; everything else must be sshd's own, so that another
-            // program (or `logger`) cannot inject failures by writing sshd's wording.
-            Some(program) if !PROGRAMS.contains(&program) => return None,
-            None if env.ts.is_some() => return None,
+        let bare = env.ts.is_none();
+        match (self.format, bare) {
+            (AuthLogFormat::Syslog, true) | (AuthLogFormat::SshdE, false) => {
+                return Parsed::WrongShape;
+            }
             _ => {}
         }
-        let (message, repeat) = unfold_repeat(env.message);
-        let m = parse_message(message)?;
+        match env.program {
+            // Everything with an envelope must be sshd's own, so that another program cannot
+            // inject failures by writing sshd's wording. (Its name is still only a claim: see
+            // [`AuthLogFormat`].)
+            Some(program) if !PROGRAMS.contains(&program) => return Parsed::Other,
+            None if !bare => return Parsed::Other,
+            _ => {}
+        }
+        // `sshd -E` never folds repeats (only rsyslog does), so a bare "message repeated" line
+        // is not unfolded.
+        let (message, claimed) = if bare {
+            (env.message, 1)
+        } else {
+            unfold_repeat(env.message)
+        };
+        let Some(m) = parse_message(message) else {
+            return Parsed::Other;
+        };
         let event = HostEvent {
             ts: env.ts.unwrap_or(arrival),
             kind: m.kind,
@@ -64,7 +168,11 @@ impl LineParser {
             service: SERVICE.to_owned(),
             raw: line.to_owned(),
         };
-        Some((event, repeat))
+        Parsed::Event {
+            event,
+            repeat: claimed.min(MAX_REPEAT),
+            clamped: claimed > MAX_REPEAT,
+        }
     }
 }
 
@@ -73,8 +181,17 @@ fn unfold_repeat(message: &str) -> (&str, u32) {
     let folded = message
         .strip_prefix("message repeated ")
         .and_then(|r| r.split_once(" times: [ "))
-        .and_then(|(n, r)| Some((r.strip_suffix(']')?, n.parse::<u32>().ok()?)));
+        .and_then(|(n, r)| Some((r.strip_suffix(']')?, parse_count(n)?)));
     folded.unwrap_or((message, 1))
+}
+
+/// A repeat count; one too large for u32 is still a (clamped) count, not a reason to read the
+/// line as unfolded.
+fn parse_count(n: &str) -> Option<u32> {
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(n.parse::<u32>().unwrap_or(u32::MAX))
 }
 
 /// One sshd message (after the syslog envelope, if any). `None` if it is not a login line.

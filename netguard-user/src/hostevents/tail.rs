@@ -38,8 +38,9 @@ pub struct FollowOptions {
     pub from_start: bool,
     /// How long a file that was renamed away is still drained after its last growth.
     pub rotated_grace: Duration,
-    /// A "line" longer than this is cut and handed on as it is, so a file without newlines cannot
-    /// grow the buffer without bound.
+    /// A line longer than this is dropped whole (up to its newline) and counted
+    /// (`netguard_authlog_overlong_lines_total`), so a file without newlines cannot grow the
+    /// buffer without bound and no piece of a line is ever read as a line of its own.
     pub max_line: usize,
     /// At most this many bytes per poll, so a large replay yields to the runtime between polls.
     pub read_budget: usize,
@@ -195,7 +196,7 @@ impl Follower {
                     name.display()
                 );
                 // The copy holds the unfinished line too, complete or as it was.
-                cur.partial.clear();
+                cur.clear_partial();
                 let _ = copy.read_all(out, &counters, max_line);
                 copy.flush_partial(out, &counters);
             }

@@ -70,7 +70,7 @@ impl AuthLogCollector {
     }
 }
 
-const AUTHLOG: [(&str, &str); 5] = [
+const AUTHLOG: [(&str, &str); 8] = [
     (
         "netguard_authlog_lines_total",
         "Complete lines the auth-log tailer read.",
@@ -90,6 +90,18 @@ const AUTHLOG: [(&str, &str); 5] = [
     (
         "netguard_authlog_truncations_total",
         "Times the auth log was cut shorter than what had been read (copytruncate).",
+    ),
+    (
+        "netguard_authlog_overlong_lines_total",
+        "Auth-log lines longer than the line limit (16 KiB), dropped whole.",
+    ),
+    (
+        "netguard_authlog_repeats_clamped_total",
+        "\"message repeated N times\" lines whose N was cut to the repeat limit (100).",
+    ),
+    (
+        "netguard_authlog_wrong_shape_lines_total",
+        "Auth-log lines of a shape the --auth-log-format does not accept (bare lines in a syslog file, or the reverse), ignored.",
     ),
 ];
 
@@ -112,6 +124,9 @@ impl Collector for AuthLogCollector {
             stats.unparsed,
             stats.rotations,
             stats.truncations,
+            stats.overlong,
+            stats.repeats_clamped,
+            stats.wrong_shape,
         ];
         AUTHLOG
             .iter()

@@ -23,6 +23,8 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 pub struct DaemonFlags {
     pub record_features: bool,
     pub auth_log: bool,
+    /// `--auth-log-format`: the lab's sshd writes with `-E`, so the lab says so.
+    pub auth_log_format: bool,
     pub dry_run: bool,
 }
 
@@ -44,6 +46,7 @@ impl DaemonFlags {
         DaemonFlags {
             record_features: has("--record-features"),
             auth_log: has("--auth-log"),
+            auth_log_format: has("--auth-log-format"),
             dry_run: has("--dry-run"),
         }
     }
@@ -91,6 +94,9 @@ impl Sensor {
         // sshd's failed and accepted logins are host events the features may use (ssh brute force).
         if flags.auth_log {
             argv.extend(["--auth-log".into(), auth_log.to_string_lossy().into_owned()]);
+            if flags.auth_log_format {
+                argv.extend(["--auth-log-format".into(), "sshd-e".into()]);
+            }
         }
         let mut sensor = Sensor {
             proc: Proc::service(SENSOR.ns, &argv, log)?,

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::hostevents::{
     AuthLogOptions, HostEvent, HostEventKind, MemoryOffsets, OffsetStore, StoreOffsets,
-    spawn_authlog,
+    spawn_authlog, spawn_authlog_counted,
 };
 
 fn append(path: &Path, text: &str) {
@@ -169,4 +169,59 @@ async fn dropping_the_receiver_ends_the_tailer() {
         assert!(Instant::now() < deadline, "tailer still running");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn the_position_moves_only_past_counted_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sshd.log");
+    append(&path, &failed(1));
+    let first_line = std::fs::metadata(&path).unwrap().len();
+    let offsets = MemoryOffsets::default();
+    let (tx, mut rx) = mpsc::channel(16);
+    let (tail, counted) = spawn_authlog_counted(
+        &path,
+        AuthLogOptions::default().from_start(true),
+        offsets.clone(),
+        tx,
+    );
+    assert_eq!(recv(&mut rx, 1).await[0].src_port, Some(1));
+    append(&path, &failed(2));
+    append(&path, &failed(3));
+    assert_eq!(recv(&mut rx, 2).await.len(), 2);
+    // Received (queued for the tracker) but not counted: nothing is saved past the start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at = |o: &MemoryOffsets| o.get().map(|p| p.current.offset);
+    assert_eq!(at(&offsets), None, "nothing counted, nothing saved");
+    counted.add(1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while at(&offsets) != Some(first_line) {
+        assert!(
+            Instant::now() < deadline,
+            "position not moved after the count: {:?}",
+            at(&offsets)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A crash now (the task ends without the rest being counted): the next start reads lines 2
+    // and 3 again, and only those.
+    drop(counted);
+    drop(rx);
+    tail.stop().await;
+    assert_eq!(at(&offsets), Some(first_line));
+    let (tx, mut rx) = mpsc::channel(16);
+    let (tail, counted) =
+        spawn_authlog_counted(&path, AuthLogOptions::default(), offsets.clone(), tx);
+    let ports: Vec<_> = recv(&mut rx, 2).await.iter().map(|e| e.src_port).collect();
+    assert_eq!(ports, [Some(2), Some(3)]);
+    quiet(&mut rx).await;
+    // A clean stop waits for the consumer to count what it was sent, then saves.
+    let consumer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        counted.add(2);
+        rx
+    });
+    tail.stop().await;
+    assert_eq!(at(&offsets), Some(std::fs::metadata(&path).unwrap().len()));
+    drop(consumer.await.unwrap());
 }

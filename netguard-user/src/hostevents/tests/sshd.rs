@@ -368,3 +368,73 @@ fn syslog_time_is_local_time_of_the_given_zone() {
         .unwrap();
     assert_eq!(e.ts, Utc.with_ymd_and_hms(2026, 11, 1, 14, 0, 1).unwrap());
 }
+
+#[test]
+fn a_repeat_bomb_is_clamped_and_said_so() {
+    use crate::hostevents::sshd::{AuthLogFormat, MAX_REPEAT, Parsed};
+    let p = utc().with_format(AuthLogFormat::Syslog);
+    for n in ["4000000000", "99999999999999999999999", "101"] {
+        let line = format!(
+            "Nov 21 12:00:01 h sshd[5]: message repeated {n} times: [ Failed password for root from 10.0.0.1 port 7 ssh2]"
+        );
+        match p.classify(&line, now()) {
+            Parsed::Event {
+                repeat, clamped, ..
+            } => assert_eq!((repeat, clamped), (MAX_REPEAT, true), "{line}"),
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+    let line = "Nov 21 12:00:01 h sshd[5]: message repeated 100 times: [ Failed password for root from 10.0.0.1 port 7 ssh2]";
+    assert!(matches!(
+        p.classify(line, now()),
+        Parsed::Event {
+            repeat: 100,
+            clamped: false,
+            ..
+        }
+    ));
+    // sshd -E never folds: a bare "message repeated" line is not an sshd login line at all.
+    let bare = "message repeated 5 times: [ Failed password for root from 10.0.0.1 port 7 ssh2]";
+    let e = utc().with_format(AuthLogFormat::SshdE);
+    assert_eq!(e.classify(bare, now()), Parsed::Other);
+}
+
+#[test]
+fn each_format_takes_only_its_own_shape() {
+    use crate::hostevents::sshd::{AuthLogFormat, Parsed};
+    let bare = "Failed password for root from 10.0.0.1 port 7 ssh2";
+    let syslog = "Nov 21 12:00:01 h sshd[5]: Failed password for root from 10.0.0.1 port 7 ssh2";
+    let event = |p: LineParser, l: &str| matches!(p.classify(l, now()), Parsed::Event { .. });
+    let syslog_mode = utc().with_format(AuthLogFormat::Syslog);
+    // The tail of a long `logger` message, or any line without an envelope, is no sshd line in a
+    // syslog file.
+    assert_eq!(syslog_mode.classify(bare, now()), Parsed::WrongShape);
+    assert!(event(syslog_mode, syslog));
+    let e_mode = utc().with_format(AuthLogFormat::SshdE);
+    assert!(event(e_mode, bare));
+    assert_eq!(e_mode.classify(syslog, now()), Parsed::WrongShape);
+    // Auto: the first line decides, for good.
+    let mut auto = utc();
+    assert_eq!(auto.resolve(syslog, now()), Some(AuthLogFormat::Syslog));
+    assert_eq!(auto.resolve(bare, now()), None, "decided once");
+    assert_eq!(auto.classify(bare, now()), Parsed::WrongShape);
+    let mut auto = utc();
+    assert_eq!(auto.resolve(bare, now()), Some(AuthLogFormat::SshdE));
+    assert!(event(auto, bare));
+}
+
+#[test]
+fn a_forged_program_name_cannot_be_told_apart_in_a_syslog_file() {
+    // What `logger -t 'sshd[1]' 'Failed password ...'` makes rsyslog write, from any local user: the
+    // same bytes as sshd's own line. A plain-text log cannot say who wrote it, so this is counted;
+    // README says which sources to trust (a root-only `sshd -E` file, or journald's own fields).
+    let forged = "Nov 21 12:00:01 h sshd[1]: Failed password for root from 10.0.0.9 port 7 ssh2";
+    let p = utc().with_format(crate::hostevents::sshd::AuthLogFormat::Syslog);
+    assert_eq!(
+        p.parse(forged, now()).map(|(e, _)| e.kind),
+        Some(K::FailedPassword)
+    );
+    // Other names are still refused, as before.
+    let other = "Nov 21 12:00:01 h logger[1]: Failed password for root from 10.0.0.9 port 7 ssh2";
+    assert_eq!(p.parse(other, now()), None);
+}

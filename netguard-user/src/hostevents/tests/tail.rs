@@ -326,7 +326,7 @@ fn a_deleted_file_is_read_to_its_end_before_the_next_one() {
 }
 
 #[test]
-fn overlong_lines_are_cut_and_big_files_are_read_in_budgets() {
+fn overlong_lines_are_dropped_whole_and_big_files_are_read_in_budgets() {
     let lab = Lab::new();
     append(&lab.path, &format!("{}\nshort\n", "x".repeat(100)));
     let opts = FollowOptions {
@@ -334,7 +334,7 @@ fn overlong_lines_are_cut_and_big_files_are_read_in_budgets() {
         read_budget: 64,
         ..replay()
     };
-    let (mut tail, _) = follower(&lab.path, None, opts);
+    let (mut tail, counters) = follower(&lab.path, None, opts);
     let mut lines = Vec::new();
     loop {
         let batch = tail.poll();
@@ -343,6 +343,53 @@ fn overlong_lines_are_cut_and_big_files_are_read_in_budgets() {
             break;
         }
     }
-    assert!(lines.iter().all(|l| l.len() <= 64), "{lines:?}");
-    assert_eq!(lines.concat(), format!("{}short", "x".repeat(100)));
+    assert_eq!(lines, ["short"]);
+    assert_eq!(counters.snapshot().overlong, 1);
+}
+
+#[test]
+fn an_overlong_line_split_across_reads_yields_no_piece() {
+    // A `logger` message over the limit, written in pieces: today's tail of it would have read as
+    // a bare `sshd -E` line. Nothing of it is handed on, and the position never stops inside it.
+    let lab = Lab::new();
+    File::create(&lab.path).unwrap();
+    let opts = FollowOptions {
+        max_line: 40,
+        ..FollowOptions::default()
+    };
+    let (mut tail, counters) = follower(&lab.path, None, opts.clone());
+    assert!(tail.poll().lines.is_empty());
+    append(&lab.path, "ok 1\n");
+    assert_eq!(tail.poll().lines, ["ok 1"]);
+    let start = tail.position().unwrap();
+    append(&lab.path, &"y".repeat(30));
+    assert!(tail.poll().lines.is_empty());
+    append(&lab.path, &"y".repeat(30));
+    assert!(tail.poll().lines.is_empty());
+    assert_eq!(tail.position().unwrap(), start, "inside the long line");
+    // A restart now resumes at the long line's start and drops it too.
+    let (mut again, again_counters) = follower(&lab.path, Some(start), opts.clone());
+    append(
+        &lab.path,
+        "Failed password for root from 10.0.0.1 port 22 ssh2\n",
+    );
+    assert!(tail.poll().lines.is_empty());
+    assert!(again.poll().lines.is_empty());
+    assert_eq!(counters.snapshot().overlong, 1);
+    assert_eq!(again_counters.snapshot().overlong, 1);
+    append(&lab.path, "ok 2\n");
+    assert_eq!(tail.poll().lines, ["ok 2"]);
+    assert_eq!(again.poll().lines, ["ok 2"]);
+    let len = fs::metadata(&lab.path).unwrap().len();
+    assert_eq!(tail.position().unwrap().current.offset, len);
+    // Starting at the end inside a long line drops the rest of it too.
+    append(&lab.path, &"z".repeat(100));
+    let (mut late, late_counters) = follower(&lab.path, None, opts);
+    assert!(late.poll().lines.is_empty());
+    append(
+        &lab.path,
+        "Failed password for root from 10.0.0.1 port 22 ssh2\nok 3\n",
+    );
+    assert_eq!(late.poll().lines, ["ok 3"]);
+    assert_eq!(late_counters.snapshot().overlong, 1);
 }
