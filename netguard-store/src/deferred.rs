@@ -51,7 +51,10 @@ impl Shared {
         }
         match RedisStore::connect(self.config.clone()).await {
             Ok(s) => {
-                log::info!("connected to {} (it was unreachable at start)", s.location());
+                log::info!(
+                    "connected to {} (it was unreachable at start)",
+                    s.location()
+                );
                 *last = None;
                 Ok(self.store.get_or_init(|| async { s }).await)
             }
@@ -91,7 +94,11 @@ impl Store for DeferredRedis {
         self.shared.get().await?.put_entries(kind, entries).await
     }
     async fn remove_entry(&self, kind: ListKind, cidr: &IpNet, scope: &Scope) -> Result<bool> {
-        self.shared.get().await?.remove_entry(kind, cidr, scope).await
+        self.shared
+            .get()
+            .await?
+            .remove_entry(kind, cidr, scope)
+            .await
     }
     async fn list_entries(&self, kind: ListKind) -> Result<Vec<ListEntry>> {
         self.shared.get().await?.list_entries(kind).await
@@ -108,8 +115,16 @@ impl Store for DeferredRedis {
     async fn alerts(&self, query: AlertQuery) -> Result<Vec<Alert>> {
         self.shared.get().await?.alerts(query).await
     }
-    async fn record_events(&self, events: &[HostEventRecord], retention: Duration) -> Result<Vec<bool>> {
-        self.shared.get().await?.record_events(events, retention).await
+    async fn record_events(
+        &self,
+        events: &[HostEventRecord],
+        retention: Duration,
+    ) -> Result<Vec<bool>> {
+        self.shared
+            .get()
+            .await?
+            .record_events(events, retention)
+            .await
     }
     async fn events(&self, query: &EventQuery) -> Result<Vec<HostEventRecord>> {
         self.shared.get().await?.events(query).await
@@ -136,7 +151,11 @@ impl Store for DeferredRedis {
         self.shared.get().await?.counters().await
     }
     fn take_malformed(&self) -> Vec<String> {
-        self.shared.store.get().map(Store::take_malformed).unwrap_or_default()
+        self.shared
+            .store
+            .get()
+            .map(Store::take_malformed)
+            .unwrap_or_default()
     }
     async fn ping(&self) -> Result<()> {
         self.shared.get().await?.ping().await

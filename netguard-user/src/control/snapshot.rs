@@ -40,7 +40,12 @@ pub fn write(path: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_vec(snapshot).map_err(std::io::Error::other)?;
     {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&json)?;
         f.sync_all()?;
     }
@@ -50,7 +55,9 @@ pub fn write(path: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
 /// The snapshot at `path`, `None` when there is none.
 pub fn read(path: &Path) -> std::io::Result<Option<Snapshot>> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -72,7 +79,10 @@ pub async fn run(control: Control, path: PathBuf) {
         let p = path.clone();
         match tokio::task::spawn_blocking(move || write(&p, &snapshot)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => log::warn!("could not write the list snapshot {}: {e}; a start while Redis is down would use an older one", path.display()),
+            Ok(Err(e)) => log::warn!(
+                "could not write the list snapshot {}: {e}; a start while Redis is down would use an older one",
+                path.display()
+            ),
             Err(e) => log::error!("list snapshot task failed: {e}"),
         }
     }
