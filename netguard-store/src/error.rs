@@ -99,4 +99,13 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether a write that failed this way may succeed later unchanged: the backend was
+    /// unreachable, or reachable but refusing writes for now (out of memory, stopped writes after
+    /// a failed save, a permission or password change). `ResilientStore` queues and retries these.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. } | StoreError::Rejected { .. })
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
+pub mod deferred;
 pub mod embedded;
 pub mod error;
 pub mod redis;
@@ -36,7 +37,7 @@ pub mod url;
 // `self::` because `redis` alone would also name the redis crate.
 pub use self::embedded::{EmbeddedConfig, EmbeddedStore};
 pub use self::redis::{RedisConfig, RedisStore};
-pub use self::resilient::{QueuedWrite, ResilientConfig, ResilientStore};
+pub use self::resilient::{QueuedWrite, ResilientConfig, ResilientStore, WriteClass};
 pub use error::{Result, StoreError};
 pub use url::redact_url;
 pub use types::{
@@ -121,6 +122,12 @@ pub trait Store: Send + Sync {
     /// All counters of this sensor.
     async fn counters(&self) -> Result<BTreeMap<String, u64>>;
 
+    /// Keys of stored entries that [`Store::list_entries`] skipped because they could not be read
+    /// (a damaged or hand-edited record), since the last call; the caller alerts and counts them.
+    fn take_malformed(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Cheap liveness check for `GET /health`.
     async fn ping(&self) -> Result<()>;
 
@@ -131,6 +138,12 @@ pub trait Store: Send + Sync {
     /// resilient wrapper queues; every other store writes through.
     fn queued_writes(&self) -> usize {
         0
+    }
+
+    /// [`Store::queued_writes`] per kind (list changes, alerts, events, other). Empty for stores
+    /// that do not queue.
+    fn queued_by_class(&self) -> Vec<(resilient::WriteClass, usize)> {
+        Vec::new()
     }
 
     /// Sends every queued write to the backend now; `Ok` once none is left (at once for stores
@@ -164,6 +177,11 @@ pub struct StoreOptions {
     pub state_dir: PathBuf,
     pub sensor_id: String,
     pub alert_cap: usize,
+    /// Redis only: when Redis is unreachable at start, return a store that connects once it
+    /// answers (reads fail with `Unavailable` until then, writes queue) instead of failing. For a
+    /// daemon that has a local snapshot to enforce meanwhile; a first start still fails at once,
+    /// so a wrong URL is reported. Wrong passwords and TLS problems always fail at once.
+    pub start_unreachable: bool,
 }
 
 impl StoreOptions {
@@ -175,6 +193,7 @@ impl StoreOptions {
             state_dir: state_dir.into(),
             sensor_id: sensor_id.into(),
             alert_cap: DEFAULT_ALERT_CAP,
+            start_unreachable: false,
         }
     }
 }
@@ -189,11 +208,20 @@ pub async fn open(options: &StoreOptions) -> Result<Arc<dyn Store>> {
             config.prefix.clone_from(&options.redis_prefix);
             config.alert_cap = options.alert_cap;
             config.ca.clone_from(&options.redis_ca);
-            let redis = RedisStore::connect(config).await?;
-            Ok(Arc::new(ResilientStore::new(
-                Arc::new(redis),
-                ResilientConfig::default(),
-            )))
+            match RedisStore::connect(config.clone()).await {
+                Ok(redis) => Ok(Arc::new(ResilientStore::new(
+                    Arc::new(redis),
+                    ResilientConfig::default(),
+                ))),
+                Err(e) if options.start_unreachable && self::redis::is_outage(&e) => {
+                    log::warn!("{e}; starting without it and connecting when it answers");
+                    Ok(Arc::new(ResilientStore::new(
+                        Arc::new(deferred::DeferredRedis::new(config)),
+                        ResilientConfig::default(),
+                    )))
+                }
+                Err(e) => Err(e),
+            }
         }
         None => {
             let mut config = EmbeddedConfig::new(options.state_dir.clone());

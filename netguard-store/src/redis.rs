@@ -127,7 +127,10 @@ pub struct RedisStore {
     remove_script: Script,
     take_script: Script,
     record_events_script: Script,
+    /// Entries `list_entries` skipped as unreadable since the last [`Store::take_malformed`].
+    malformed: std::sync::Mutex<Vec<String>>,
 }
+
 
 impl RedisStore {
     /// Connects and checks the server answers, so a wrong URL fails at start-up with advice.
@@ -160,6 +163,7 @@ impl RedisStore {
             remove_script: Script::new(REMOVE_LUA),
             take_script: Script::new(TAKE_EXPIRED_LUA),
             record_events_script: Script::new(events::RECORD_EVENTS_LUA),
+            malformed: std::sync::Mutex::new(Vec::new()),
         };
         store.ping().await?;
         Ok(store)
@@ -244,6 +248,12 @@ impl RedisStore {
     }
 }
 
+/// Whether `e` is Redis being down or unreachable (worth waiting for), rather than a wrong
+/// password, a TLS problem or a bad URL (worth reporting at once).
+pub(crate) fn is_outage(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable { hint, .. } if *hint == HINT)
+}
+
 fn unavailable(location: &str, e: RedisError) -> StoreError {
     // A TLS failure is not an outage to wait out: say which setting fixes it.
     let text = e.to_string().to_ascii_lowercase();
@@ -320,6 +330,10 @@ fn check_ca_pem(pem: &[u8]) -> std::result::Result<(), String> {
 
 #[async_trait]
 impl Store for RedisStore {
+    fn take_malformed(&self) -> Vec<String> {
+        std::mem::take(&mut *self.malformed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     async fn put_entries(&self, kind: ListKind, entries: &[ListEntry]) -> Result<()> {
         types::validate_entries(entries)?;
         if entries.is_empty() {
@@ -410,10 +424,16 @@ impl Store for RedisStore {
                 pipe.query_async(&mut conn).await.map_err(|e| self.err(e))?;
             for (key, fields) in keys.iter().zip(&hashes) {
                 // An empty hash was removed between SMEMBERS and HGETALL, or outlived its grace.
-                if let Some(entry) = self.parse_entry(key, fields)?
-                    && !entry.is_expired(now)
-                {
-                    out.push(entry);
+                // One damaged entry (hand-edited, another program on the prefix) must not keep
+                // every other block out of the kernel: skip it and report it.
+                match self.parse_entry(key, fields) {
+                    Ok(Some(entry)) if !entry.is_expired(now) => out.push(entry),
+                    Ok(_) => {}
+                    Err(e) => {
+                        log::warn!("skipping a malformed entry: {e}");
+                        let mut bad = self.malformed.lock().unwrap_or_else(|e| e.into_inner());
+                        bad.push(key.clone());
+                    }
                 }
             }
         }

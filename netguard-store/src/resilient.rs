@@ -1,7 +1,17 @@
 //! Keeps writes through a backend outage (meant for Redis: the embedded store does not go away).
 //!
-//! While the backend is unreachable, writes are queued in order (bounded) and a background task
-//! retries with exponential backoff, replaying them in the same order when the backend is back.
+//! While the backend is unreachable, or reachable but refusing writes (Redis out of memory, a
+//! failed snapshot save stopping writes, an ACL or password change: [`StoreError::Rejected`]),
+//! writes are queued in order (bounded) and a background task retries with exponential backoff,
+//! replaying them when the backend accepts them again. A refused write is retried rather than
+//! dropped because the caller has already enforced it in the kernel: the store only has to catch
+//! up, and a full disk on the Redis host must not undo blocks on every sensor.
+//!
+//! There are two queues. List changes (blocklist and allowlist puts and removals) go in the first
+//! and are replayed first; alerts, host events, counters, sensor and kv writes go in the second.
+//! Each kind has its own cap ([`ResilientConfig`]), so a storm of alerts during an outage can fill
+//! the alert cap but never take the room of a block. Order is kept within each queue; list
+//! changes and the rest do not depend on each other's order.
 //! Reads fail fast with [`StoreError::Unavailable`] meanwhile: the daemon keeps enforcing from its
 //! kernel maps, which are the source of truth for the datapath. Once anything is queued, every
 //! later write queues behind it, so the backend sees writes in the order they were made.
@@ -36,11 +46,15 @@ use crate::types::{
 };
 use crate::{ChangeReceiver, Store};
 
-/// Queue size and retry pacing.
+/// Queue sizes and retry pacing.
 #[derive(Debug, Clone)]
 pub struct ResilientConfig {
-    /// Writes kept while the backend is down; past this, writes fail with `QueueFull`.
+    /// Writes of each kind other than list changes (alerts, host-event batches, and the rest:
+    /// counters, sensor and kv writes) kept while the backend is down; past this, writes of that
+    /// kind fail with `QueueFull`.
     pub capacity: usize,
+    /// List changes kept: the blocks the kernel already enforces. Larger, and never shared.
+    pub list_capacity: usize,
     /// Wait after a write is queued before the first replay; doubled after each failed replay...
     pub min_backoff: Duration,
     /// ...up to this.
@@ -51,6 +65,7 @@ impl Default for ResilientConfig {
     fn default() -> Self {
         ResilientConfig {
             capacity: 10_000,
+            list_capacity: 100_000,
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
         }
@@ -76,6 +91,16 @@ pub enum QueuedWrite {
 use QueuedWrite as Op;
 
 impl QueuedWrite {
+    /// Which queue and cap the write belongs to.
+    pub fn class(&self) -> WriteClass {
+        match self {
+            Op::PutEntries(..) | Op::RemoveEntry(..) => WriteClass::Lists,
+            Op::AppendAlert(_) => WriteClass::Alerts,
+            Op::RecordEvents(..) => WriteClass::Events,
+            _ => WriteClass::Other,
+        }
+    }
+
     /// What kind of write this is, for the shutdown log ("what could not be written").
     pub fn kind(&self) -> &'static str {
         match self {
@@ -90,6 +115,34 @@ impl QueuedWrite {
             Op::IncrCounter(..) => "counter increments",
             Op::RecordEvents(..) => "host-event batches",
         }
+    }
+}
+
+/// The kinds of queued writes that have a cap of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WriteClass {
+    /// Blocklist and allowlist puts and removals: replayed first.
+    Lists,
+    Alerts,
+    Events,
+    Other,
+}
+
+impl WriteClass {
+    pub const ALL: [WriteClass; 4] = [Self::Lists, Self::Alerts, Self::Events, Self::Other];
+
+    /// Label for metrics and `/health`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Lists => "lists",
+            Self::Alerts => "alerts",
+            Self::Events => "events",
+            Self::Other => "other",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -179,14 +232,61 @@ impl Fingerprints {
     }
 }
 
+/// The two queues (see the module docs): list changes, then everything else.
+#[derive(Default)]
+struct Queues {
+    lists: VecDeque<Op>,
+    rest: VecDeque<Op>,
+    /// Queued writes per [`WriteClass`].
+    counts: [usize; 4],
+}
+
+impl Queues {
+    fn len(&self) -> usize {
+        self.lists.len() + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn of(&mut self, class: WriteClass) -> &mut VecDeque<Op> {
+        match class {
+            WriteClass::Lists => &mut self.lists,
+            _ => &mut self.rest,
+        }
+    }
+
+    fn push(&mut self, op: Op) {
+        let class = op.class();
+        self.counts[class.index()] += 1;
+        self.of(class).push_back(op);
+    }
+
+    /// The next write to replay: list changes first.
+    fn front(&self) -> Option<&Op> {
+        self.lists.front().or_else(|| self.rest.front())
+    }
+
+    fn pop_front(&mut self) -> Option<Op> {
+        let op = self.lists.pop_front().or_else(|| self.rest.pop_front())?;
+        self.counts[op.class().index()] -= 1;
+        Some(op)
+    }
+}
+
 struct Shared<S> {
     inner: Arc<S>,
     config: ResilientConfig,
     /// The queue lock is also held while a write goes straight to the backend, which is what
     /// keeps writes in order between the direct path and the replay.
-    queue: Mutex<VecDeque<Op>>,
+    queue: Mutex<Queues>,
     /// Mirror of the queue length, readable without the async lock (for metrics).
     queued: AtomicUsize,
+    /// Mirror of the per-class counts, for metrics and `/health`.
+    queued_by_class: [AtomicUsize; 4],
+    /// Writes the backend refused (not unreachable) and that were queued for retry.
+    refused: AtomicU64,
     /// Queued writes the backend rejected for a reason other than unavailability on replay.
     dropped: AtomicU64,
     wake: Notify,
@@ -200,25 +300,32 @@ struct Shared<S> {
 }
 
 impl<S: Store> Shared<S> {
-    /// Replays the queue in order. Stops at the first `Unavailable` (the op stays at the front)
-    /// and returns that error; returns `Ok` once the queue is empty.
+    /// Replays the queue, list changes first. Stops at the first `Unavailable` or `Rejected`
+    /// (the op stays at the front) and returns that error; returns `Ok` once the queue is empty.
     async fn drain(&self) -> Result<()> {
         let mut queue = self.queue.lock().await;
         while let Some(op) = queue.front() {
             match apply(&*self.inner, op).await {
                 Ok(applied) => self.note_applied(op, &applied),
-                Err(e) if e.is_unavailable() => return Err(e),
+                Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => {
-                    // Retrying cannot fix a rejected write, and keeping it would block every
-                    // write behind it forever.
+                    // Invalid or undecodable: retrying cannot fix it, and keeping it would block
+                    // every write behind it forever. (Writes are validated before they queue.)
                     log::error!("dropping queued store write {op:?}: {e}");
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
             queue.pop_front();
-            self.queued.store(queue.len(), Ordering::Relaxed);
+            self.note_len(&queue);
         }
         Ok(())
+    }
+
+    fn note_len(&self, queue: &Queues) {
+        self.queued.store(queue.len(), Ordering::Relaxed);
+        for (i, n) in queue.counts.iter().enumerate() {
+            self.queued_by_class[i].store(*n, Ordering::Relaxed);
+        }
     }
 
     fn note_applied(&self, op: &Op, applied: &Applied) {
@@ -235,7 +342,9 @@ impl<S: Store> Shared<S> {
     /// backend is unavailable.
     async fn submit(&self, op: Op) -> Result<Applied> {
         let mut queue = self.queue.lock().await;
-        if queue.is_empty() {
+        let class = op.class();
+        // Behind earlier writes of its own queue; list changes do not wait behind alerts.
+        if queue.of(class).is_empty() {
             match apply(&*self.inner, &op).await {
                 Ok(applied) => {
                     self.note_applied(&op, &applied);
@@ -244,21 +353,42 @@ impl<S: Store> Shared<S> {
                 Err(StoreError::Unavailable {
                     backend, location, ..
                 }) => {
-                    log::warn!("{backend} at {location} is unreachable: queueing writes");
+                    if queue.is_empty() {
+                        log::warn!("{backend} at {location} is unreachable: queueing writes");
+                    }
+                    let mut last = self.last_down.lock().unwrap_or_else(|e| e.into_inner());
+                    *last = Some((backend, location));
+                }
+                Err(StoreError::Rejected {
+                    backend,
+                    location,
+                    source,
+                }) => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    if queue.is_empty() {
+                        log::warn!(
+                            "{backend} at {location} refused a write ({source}): queueing writes and \
+                             retrying until it accepts them"
+                        );
+                    }
                     let mut last = self.last_down.lock().unwrap_or_else(|e| e.into_inner());
                     *last = Some((backend, location));
                 }
                 Err(e) => return Err(e),
             }
         }
-        if queue.len() >= self.config.capacity {
+        let cap = match class {
+            WriteClass::Lists => self.config.list_capacity,
+            _ => self.config.capacity,
+        };
+        if queue.counts[class.index()] >= cap {
             let last = self.last_down.lock().unwrap_or_else(|e| e.into_inner());
             let (backend, location) = last.clone().unwrap_or(("store", "?".to_owned()));
-            log::error!("store write queue is full: dropping a write");
+            log::error!("store write queue for {} is full: dropping a write", class.label());
             return Err(StoreError::QueueFull {
                 backend,
                 location,
-                capacity: self.config.capacity,
+                capacity: cap,
             });
         }
         if let Op::IncrCounter(name, by) = &op {
@@ -269,8 +399,8 @@ impl<S: Store> Shared<S> {
             let total = estimates.entry(name.clone()).or_default();
             *total = total.saturating_add(*by);
         }
-        queue.push_back(op);
-        self.queued.store(queue.len(), Ordering::Relaxed);
+        queue.push(op);
+        self.note_len(&queue);
         self.wake.notify_one();
         Ok(Applied::Queued)
     }
@@ -294,8 +424,10 @@ impl<S: Store + 'static> ResilientStore<S> {
     pub fn new(inner: Arc<S>, config: ResilientConfig) -> Self {
         let shared = Arc::new(Shared {
             inner,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queues::default()),
             queued: AtomicUsize::new(0),
+            queued_by_class: Default::default(),
+            refused: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             wake: Notify::new(),
             last_down: SyncMutex::new(None),
@@ -335,7 +467,17 @@ impl<S: Store + 'static> ResilientStore<S> {
         self.shared.queued.load(Ordering::Relaxed)
     }
 
-    /// Queued writes dropped because the backend rejected them on replay; export as a counter.
+    /// Queued writes per class, list changes first; for metrics and `/health`.
+    pub fn queued_by_class(&self) -> [(WriteClass, usize); 4] {
+        WriteClass::ALL.map(|c| (c, self.shared.queued_by_class[c.index()].load(Ordering::Relaxed)))
+    }
+
+    /// Writes the backend refused (OOM, MISCONF, NOPERM...) and that were queued for retry.
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// Queued writes dropped because they could never succeed (invalid); export as a counter.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
@@ -350,8 +492,12 @@ impl<S: Store + 'static> ResilientStore<S> {
     /// [`Self::flush`] could not finish, so the caller can keep it (see [`replay`]).
     pub async fn take_queued(&self) -> Vec<QueuedWrite> {
         let mut queue = self.shared.queue.lock().await;
-        self.shared.queued.store(0, Ordering::Relaxed);
-        queue.drain(..).collect()
+        let mut out = Vec::with_capacity(queue.len());
+        while let Some(op) = queue.pop_front() {
+            out.push(op);
+        }
+        self.shared.note_len(&queue);
+        out
     }
 
     /// Reads must not see state older than our own queued writes: replay first, or fail.
@@ -522,6 +668,14 @@ impl<S: Store + 'static> Store for ResilientStore<S> {
 
     fn queued_writes(&self) -> usize {
         self.queued()
+    }
+
+    fn take_malformed(&self) -> Vec<String> {
+        self.shared.inner.take_malformed()
+    }
+
+    fn queued_by_class(&self) -> Vec<(WriteClass, usize)> {
+        ResilientStore::queued_by_class(self).to_vec()
     }
 
     async fn flush(&self) -> Result<()> {

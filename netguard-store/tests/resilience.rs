@@ -16,6 +16,7 @@ use support::{RedisHarness, RedisServer, alert, entry, now_ms};
 fn quick_retries(capacity: usize) -> ResilientConfig {
     ResilientConfig {
         capacity,
+        list_capacity: capacity,
         min_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
     }
@@ -234,6 +235,7 @@ async fn host_events_during_an_outage_are_not_double_counted() {
     // by the explicit flush below: the other sensor's write must land first, whatever the scheduling.
     let slow_retries = ResilientConfig {
         capacity: 1000,
+        list_capacity: 1000,
         min_backoff: Duration::from_secs(30),
         max_backoff: Duration::from_secs(30),
     };

@@ -138,17 +138,22 @@ pub fn run(args: RunArgs) -> Result<()> {
 }
 
 async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Result<()> {
-    let store_opts = netguard_store::StoreOptions {
+    let mut store_opts = netguard_store::StoreOptions {
         redis_url: s.config.store.redis.clone(),
         redis_ca: s.config.store.redis_ca.clone(),
         redis_prefix: s.config.store.redis_prefix.clone(),
         state_dir: s.config.store.state_dir.clone(),
         sensor_id: s.sensor_id.clone(),
         alert_cap: s.config.store.alert_cap,
+        start_unreachable: false,
     };
     // Root's alone (0700, files 0600), tightened before anything is written into it.
     let state_dir = s.config.store.state_dir.clone();
     netguard_user::statedir::secure(&state_dir)?;
+    // On a shared Redis the lists are also kept in a local snapshot; with one, a Redis that is down
+    // at start no longer stops the daemon: it enforces the snapshot and reconciles later.
+    let snapshot = s.config.store.redis.is_some().then(|| state_dir.join(netguard_user::control::SNAPSHOT_FILE));
+    store_opts.start_unreachable = snapshot.as_ref().is_some_and(|p| p.exists());
     let store = netguard_store::open(&store_opts).await.context("could not open the state store")?;
     log::info!("state store: {}", store.backend_name());
     // Writes the last shutdown could not deliver go first, so the restore below includes them.
@@ -178,6 +183,7 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
             max_bulk: s.config.control.max_bulk,
             hit_alert_cooldown: s.config.control.hit_alert_cooldown,
             auto_caps: s.config.control.auto_caps.clone(),
+            snapshot,
         },
         dp.clone(),
         store,
@@ -195,6 +201,9 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         .registry()
         .register(Box::new(control.capped_counter()))
         .expect("netguard_response_capped_total registered once");
+    for c in control.counters() {
+        metrics.registry().register(Box::new(c)).expect("control counters registered once");
+    }
     tokio::spawn(count_alerts(control.clone(), metrics.clone()));
 
     let (tokens, origin) = api::Tokens::load(&s.config.api, std::env::var(api::auth::ADMIN_TOKEN_ENV).ok(), &s.config.store.state_dir)
@@ -426,6 +435,8 @@ async fn summarise(
     let mut tick = tokio::time::interval(every);
     let tty = std::io::stdout().is_terminal();
     let mut prev: Option<(Instant, Counters)> = None;
+    // Whether the last tick saw a store backlog, to say once when it is delivered.
+    let mut backlog = false;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -443,8 +454,17 @@ async fn summarise(
                 metrics.set_kernel(&counters);
                 let queued = control.store().queued_writes();
                 metrics.set_store_queued_writes(queued);
+                let by_class = control.store().queued_by_class();
+                metrics.set_store_backlog(&by_class);
                 if queued > 0 {
-                    log::warn!("{queued} store write(s) queued: the store is unreachable; enforcement continues from the kernel maps");
+                    let what: Vec<String> = by_class.iter().filter(|(_, n)| *n > 0).map(|(c, n)| format!("{n} {}", c.label())).collect();
+                    log::warn!(
+                        "store backlog: {queued} write(s) queued ({}) while the store is unreachable or refusing writes; the kernel enforces every block now and the store will catch up when it accepts writes",
+                        what.join(", ")
+                    );
+                    backlog = true;
+                } else if std::mem::take(&mut backlog) {
+                    log::info!("store backlog delivered: the store has caught up with the kernel");
                 }
                 let now = Instant::now();
                 let line = summary(&counters, prev.as_ref(), now, flows, blocked, new_flows.load(Ordering::Relaxed));

@@ -19,10 +19,11 @@ use netguard_store::{QueuedWrite, Store};
 pub const UNWRITTEN_FILE: &str = "store-unwritten.json";
 
 /// The files of the state dir that must be 0600.
-pub const PRIVATE_FILES: [&str; 3] = [
+pub const PRIVATE_FILES: [&str; 4] = [
     netguard_store::embedded::DB_FILE,
     crate::api::auth::ADMIN_TOKEN_FILE,
     UNWRITTEN_FILE,
+    crate::control::SNAPSHOT_FILE,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -91,3 +91,71 @@ fn daemon_blocks_alerts_reports_and_restores() {
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 }
+
+/// With Redis down at start, a sensor that has run before enforces its local snapshot of the lists
+/// (instead of exiting), and reconciles with Redis when it returns: an entry removed in Redis
+/// meanwhile goes, one added there comes.
+#[test]
+fn redis_down_at_start_enforces_the_snapshot_then_reconciles() {
+    use netguard_tests::netns::require_tool;
+    use netguard_tests::redis_server::RedisServer;
+    use std::os::unix::fs::MetadataExt as _;
+    if !require_root() || !require_tool("redis-server") || !require_tool("redis-cli") {
+        return;
+    }
+    let lab = NetnsPair::new("snapsh");
+    let mut redis = RedisServer::start_in(&lab.sensor);
+    let state = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let args = ["--redis", &url, "--sensor-id", "s1"];
+    let sensor = SENSOR_V4.to_string();
+    let [kept, removed, added] = ATTACKER_V4.map(|a| a.to_string());
+    let block = |d: &Daemon, ip: &str| {
+        let (code, body) = d.post("/api/v1/blocklist", &format!(r#"{{"cidr": "{ip}/32", "reason": "snapshot"}}"#));
+        assert!((200..300).contains(&code), "block {ip}: {code} {body}");
+    };
+
+    let d = Daemon::start(&lab, state.path(), API, TOKEN, &args);
+    block(&d, &kept);
+    block(&d, &removed);
+    let snap = state.path().join("lists-snapshot.json");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&snap).is_ok_and(|s| s.contains(&format!("{removed}/32"))) {
+        assert!(start.elapsed() < Duration::from_secs(10), "no snapshot written: {}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::metadata(&snap).unwrap().mode() & 0o777, 0o600);
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+
+    // Meanwhile, elsewhere in the fleet: one entry removed, one added.
+    let rid = format!("{removed}/32@global");
+    redis.cli(&["SREM", "netguard:entries:block", &rid]);
+    redis.cli(&["DEL", &format!("netguard:entry:block:{rid}")]);
+    let aid = format!("{added}/32@global");
+    redis.cli(&["HSET", &format!("netguard:entry:block:{aid}"), "cidr", &format!("{added}/32"), "scope", "global", "source", "manual", "created_at", "2024-01-01T00:00:00Z"]);
+    redis.cli(&["SADD", "netguard:entries:block", &aid]);
+    redis.kill();
+
+    let d = Daemon::start(&lab, state.path(), API, TOKEN, &args);
+    let text = d.log_text();
+    assert!(text.contains("from the local snapshot"), "{text}");
+    assert_eq!(ping(&lab.attacker, &kept, &sensor, 2).received, 0, "snapshot entry not enforced");
+    assert_eq!(ping(&lab.attacker, &removed, &sensor, 2).received, 0, "snapshot entry not enforced");
+
+    redis.restart();
+    let start = Instant::now();
+    loop {
+        let list = d.get("/api/v1/blocklist");
+        if list.contains(&format!("{added}/32")) && !list.contains(&format!("{removed}/32")) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no reconcile after Redis returned: {list}\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ping(&lab.attacker, &added, &sensor, 2).received, 0, "the entry added in Redis is not enforced");
+    assert!(ping(&lab.attacker, &removed, &sensor, 2).received > 0, "the entry removed in Redis is still enforced");
+    assert_eq!(ping(&lab.attacker, &kept, &sensor, 2).received, 0);
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+}

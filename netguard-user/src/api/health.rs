@@ -50,6 +50,12 @@ pub struct StoreHealth {
     pub reachable: bool,
     /// Why the store is unreachable.
     pub error: Option<String>,
+    /// Writes the kernel already enforces (or alerts already sent) that the store has not taken
+    /// yet: queued while it is unreachable or refusing writes (out of memory, disk full), and
+    /// retried until it accepts them.
+    pub backlog: usize,
+    /// `backlog` by kind: "lists" (replayed first), "alerts", "events", "other".
+    pub backlog_by_kind: std::collections::BTreeMap<String, usize>,
 }
 
 /// Liveness and readiness.
@@ -99,6 +105,8 @@ pub async fn health(State(state): State<ApiState>) -> Response {
             backend: store.backend_name().into(),
             reachable: ping.is_none(),
             error: ping,
+            backlog: store.queued_writes(),
+            backlog_by_kind: store.queued_by_class().into_iter().map(|(c, n)| (c.label().to_owned(), n)).collect(),
         },
         ws_clients: state.ws_clients(),
     };

@@ -1,21 +1,26 @@
 //! The control plane: the one path through which every blocklist and allowlist change flows, whether
 //! it comes from REST, the CLI, automatic response, or another sensor sharing the store.
 //!
-//! Order of a change: validate everything, write the kernel (enforcement first, so it never waits on
-//! a slow or absent Redis), then the store; if the store refuses, the kernel change is rolled back and
-//! the caller gets the error, so the two never silently disagree.
+//! Order of a change: validate everything, then write the kernel and the store. The kernel is the
+//! enforcement and wins: if the kernel refuses (a full table), the store write is undone and the
+//! caller gets the error; if the store fails (Redis unreachable, out of memory, disk full, a
+//! permission change), the kernel entry stays. The resilient store queues such writes and retries
+//! them (`netguard_store_backlog`, `/health` `store.backlog`, and a log line say so), so a Redis
+//! whose disk fills never un-blocks anything on the sensors that share it.
 
 pub mod caps;
 mod expiry;
 mod hits;
 mod push;
 pub mod request;
+mod snapshot;
 mod state;
 mod sync;
 
 use std::{
     collections::HashSet,
     net::IpAddr,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -31,6 +36,7 @@ pub use caps::{AutoCaps, Cap, Capped};
 pub use hits::HitAlerts;
 pub use push::{Change, MAX_PUSHED_ENTRIES, PushEvent, Removal};
 pub use request::{EntryRequest, FieldError};
+pub use snapshot::SNAPSHOT_FILE;
 use state::Mirror;
 
 #[derive(Clone, Debug)]
@@ -42,6 +48,10 @@ pub struct ControlConfig {
     pub hit_alert_cooldown: Duration,
     /// Caps on automatic blocks (sources `auto` and `event`).
     pub auto_caps: AutoCaps,
+    /// Where to keep a local snapshot of the lists (a shared Redis: [`SNAPSHOT_FILE`] in the state
+    /// dir). When set and the store cannot be read at start, the lists come from this file and
+    /// are reconciled with the store once it answers.
+    pub snapshot: Option<PathBuf>,
 }
 
 impl Default for ControlConfig {
@@ -51,6 +61,7 @@ impl Default for ControlConfig {
             max_bulk: 100_000,
             hit_alert_cooldown: Duration::from_secs(60),
             auto_caps: AutoCaps::default(),
+            snapshot: None,
         }
     }
 }
@@ -106,6 +117,12 @@ struct Inner {
     trust: Trust,
     caps: Mutex<caps::CapState>,
     capped_total: prometheus::IntCounterVec,
+    /// `netguard_store_malformed_entries_total`.
+    malformed_total: prometheus::IntCounter,
+    /// `netguard_fleet_changes_refused_total`.
+    fleet_refused_total: prometheus::IntCounter,
+    /// Wakes the snapshot writer after a change to the mirror.
+    snapshot_wake: Notify,
 }
 
 #[derive(Clone)]
@@ -138,10 +155,51 @@ impl Control {
                 push,
                 expiry_wake: Notify::new(),
                 hits,
+                malformed_total: prometheus::IntCounter::new(
+                    "netguard_store_malformed_entries_total",
+                    "Stored list entries skipped because they could not be read (damaged or hand-edited records); each load that skips some raises one alert.",
+                )
+                .expect("valid counter"),
+                fleet_refused_total: prometheus::IntCounter::new(
+                    "netguard_fleet_changes_refused_total",
+                    "Entries from other sensors (the change feed) that this sensor refused to enforce: they overlap its allowlist or never-block set, or cover every address.",
+                )
+                .expect("valid counter"),
+                snapshot_wake: Notify::new(),
             }),
         };
-        control.reconcile().await?;
+        if let Err(e) = control.reconcile().await {
+            // The store cannot be read: start from the last lists this sensor knew, if it kept them.
+            let ControlError::Store(store_err) = &e else { return Err(e) };
+            let Some(path) = control.inner.cfg.snapshot.clone() else { return Err(e) };
+            let snap = match tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || snapshot::read(&path)
+            })
+            .await
+            .expect("snapshot read task")
+            {
+                Ok(Some(s)) => s,
+                Ok(None) => return Err(e),
+                Err(read_err) => {
+                    log::error!("the list snapshot {} cannot be read: {read_err}", path.display());
+                    return Err(e);
+                }
+            };
+            let written = snap.written_at;
+            let report = control.load(snap.entries()).await;
+            log::warn!(
+                "the store cannot be read ({store_err}): enforcing {} blocklist and {} allowlist entries from the local snapshot of {written} ({}); the lists are reconciled with the store when it answers",
+                report.enforced[0],
+                report.enforced[1],
+                path.display()
+            );
+        }
         tokio::spawn(expiry::run(control.clone()));
+        if let Some(path) = control.inner.cfg.snapshot.clone() {
+            tokio::spawn(snapshot::run(control.clone(), path));
+            control.inner.snapshot_wake.notify_one();
+        }
         sync::spawn(control.clone()).await;
         Ok(control)
     }
@@ -154,6 +212,12 @@ impl Control {
     /// `netguard_response_capped_total{cap}`, for the daemon's registry.
     pub fn capped_counter(&self) -> prometheus::IntCounterVec {
         self.inner.capped_total.clone()
+    }
+
+    /// The control plane's other counters (`netguard_store_malformed_entries_total`,
+    /// `netguard_fleet_changes_refused_total`), for the daemon's registry.
+    pub fn counters(&self) -> [prometheus::IntCounter; 2] {
+        [self.inner.malformed_total.clone(), self.inner.fleet_refused_total.clone()]
     }
 
     pub fn sensor_id(&self) -> &str {
@@ -177,6 +241,9 @@ impl Control {
     }
 
     fn publish(&self, ev: PushEvent) {
+        if !matches!(ev, PushEvent::Alert(_)) {
+            self.inner.snapshot_wake.notify_one();
+        }
         // No receivers is fine: nobody is watching.
         let _ = self.inner.push.send(ev);
     }
@@ -351,7 +418,8 @@ impl Control {
             fresh
         };
         // Kernel and store are written concurrently (a 100k bulk spends ~120 ms in the one and ~250 ms
-        // in the other); whichever fails, the other is undone, so they never disagree.
+        // in the other). A kernel failure undoes the store write; a store failure leaves the kernel
+        // entry in place (the kernel enforces, the store catches up: see the module docs).
         let dp = self.inner.dp.clone();
         let to_insert = fresh.clone();
         let kernel = tokio::task::spawn_blocking(move || {
@@ -360,26 +428,40 @@ impl Control {
         });
         let (kernel, stored) = tokio::join!(kernel, self.inner.store.put_entries(kind, &entries));
         let kernel = kernel.expect("kernel insert task panicked");
-        if kernel.is_err() || stored.is_err() {
+        if let Err(e) = kernel {
             {
                 let mut dp = self.dp();
                 for cidr in &fresh {
                     let _ = table_mut(&mut dp, kind).remove(*cidr);
                 }
             }
-            if let Err(e) = kernel {
-                if stored.is_ok() {
-                    for e in &entries {
-                        if let Err(err) = self.inner.store.remove_entry(kind, &e.cidr, &e.scope).await {
-                            log::error!("undoing {} in the store after a kernel failure: {err}", e.cidr);
-                        }
+            if stored.is_ok() {
+                for e in &entries {
+                    if let Err(err) = self.inner.store.remove_entry(kind, &e.cidr, &e.scope).await {
+                        log::error!("undoing {} in the store after a kernel failure: {err}", e.cidr);
                     }
                 }
-                return Err(ControlError::Datapath(e));
             }
-            if let Err(e) = stored {
+            return Err(ControlError::Datapath(e));
+        }
+        match stored {
+            Ok(()) => {}
+            // Nothing was written anywhere yet that needs undoing: the entries are refused whole.
+            Err(e @ StoreError::Invalid { .. }) => {
+                let mut dp = self.dp();
+                for cidr in &fresh {
+                    let _ = table_mut(&mut dp, kind).remove(*cidr);
+                }
                 return Err(ControlError::Store(e));
             }
+            // The resilient store queues what it can retry; what reaches here (its queue is full,
+            // or a store without a queue failed) is enforced but not stored.
+            Err(e) => log::error!(
+                "{} {} entr{} enforced in the kernel but NOT saved in the store ({e}); they hold on this sensor until it restarts",
+                entries.len(),
+                kind.as_str(),
+                if entries.len() == 1 { "y" } else { "ies" }
+            ),
         }
         let mut created = 0;
         for e in &entries {
@@ -502,30 +584,127 @@ impl Control {
         Some(alert)
     }
 
-    /// Re-reads both lists from the store and makes the mirror and kernel match them exactly.
-    pub async fn reconcile(&self) -> Result<(), ControlError> {
+    /// Re-reads both lists from the store and makes the mirror and kernel match them, as far as
+    /// the kernel tables allow (see [`Control::load`]). Entries the store could not read are
+    /// skipped, counted and reported in one alert per reconcile.
+    pub async fn reconcile(&self) -> Result<LoadReport, ControlError> {
         let block = self.inner.store.list_entries(ListKind::Block).await.map_err(ControlError::Store)?;
         let allow = self.inner.store.list_entries(ListKind::Allow).await.map_err(ControlError::Store)?;
+        let malformed = self.inner.store.take_malformed();
+        if !malformed.is_empty() {
+            self.inner.malformed_total.inc_by(malformed.len() as u64);
+            log::error!(
+                "{} stored entr{} could not be read and were skipped (first: {}); every other entry is enforced. Fix or delete them in the store",
+                malformed.len(),
+                if malformed.len() == 1 { "y" } else { "ies" },
+                malformed[0]
+            );
+            let mut evidence = serde_json::Map::new();
+            evidence.insert("malformed_entries".into(), malformed.len().into());
+            evidence.insert("keys".into(), malformed.iter().take(10).cloned().collect::<Vec<_>>().into());
+            evidence.insert("note".into(), "one alert per load; netguard_store_malformed_entries_total counts every skipped entry".into());
+            self.raise_alert(self.system_alert("store_malformed_entry", "T1565.001", evidence)).await;
+        }
+        Ok(self.load([(ListKind::Block, block), (ListKind::Allow, allow)]).await)
+    }
+
+    /// Makes the mirror and the kernel hold `lists` (complete lists, all scopes), changing only
+    /// the difference: what the kernel holds and the lists do not is removed, what is missing is
+    /// inserted as far as the table has room. Whatever happens half-way, the mirror tracks exactly
+    /// what the kernel holds (so every kernel entry still expires and can be removed); entries that
+    /// did not fit stay out of both, and are reported.
+    pub async fn load(&self, lists: [(ListKind, Vec<ListEntry>); 2]) -> LoadReport {
+        let now = Utc::now();
+        let mut report = LoadReport::default();
         let mut mirror = self.inner.mirror.lock().await;
-        mirror.clear();
-        for (kind, entries) in [(ListKind::Block, block), (ListKind::Allow, allow)] {
+        let mut next = Mirror::default();
+        for (i, (kind, entries)) in lists.into_iter().enumerate() {
+            let entries: Vec<ListEntry> = entries.into_iter().filter(|e| !e.is_expired(now)).collect();
             let want: HashSet<IpNet> = entries.iter().filter(|e| self.applies(&e.scope)).map(|e| e.cidr).collect();
             let mut dp = self.dp();
             let t = table_mut(&mut dp, kind);
-            let stale: Vec<IpNet> = t.nets().into_iter().filter(|n| !want.contains(n)).collect();
-            for n in stale {
-                t.remove(n).map_err(ControlError::Datapath)?;
+            for n in t.nets().into_iter().filter(|n| !want.contains(n)) {
+                if let Err(e) = t.remove(n) {
+                    log::error!("removing stale {n} from the kernel failed: {e}");
+                }
             }
-            let want: Vec<IpNet> = want.into_iter().collect();
-            t.insert_many(&want).map_err(ControlError::Datapath)?;
+            // In list order, so what does not fit is the same tail every time.
+            let mut seen = HashSet::new();
+            let missing: Vec<IpNet> = entries.iter().filter(|e| self.applies(&e.scope) && !t.contains(&e.cidr) && seen.insert(e.cidr)).map(|e| e.cidr).collect();
+            if let Err(first) = t.insert_many(&missing) {
+                // Too many for the table (or a kernel error): one at a time, keeping what fits.
+                for n in &missing {
+                    if let Err(e) = t.insert_many(std::slice::from_ref(n)) {
+                        if report.not_fitting.is_empty() {
+                            log::error!("the kernel {} table refused entries ({first}); first refused: {n}: {e}", kind.as_str());
+                        }
+                        report.not_fitting.push((kind, *n));
+                    }
+                }
+            }
+            // The kernel now: entries of other scopes are kept (listed, not enforced); ours only
+            // if the kernel holds them.
+            let held: HashSet<IpNet> = t.nets().into_iter().collect();
             drop(dp);
             for e in entries {
-                mirror.put(kind, e);
+                if !self.applies(&e.scope) || held.contains(&e.cidr) {
+                    next.put(kind, e);
+                }
             }
+            // A stale entry whose removal failed stays tracked under its old entry.
+            for n in &held {
+                if next.scopes_of(kind, n).is_empty() {
+                    for s in mirror.scopes_of(kind, n) {
+                        if let Some(old) = mirror.remove(kind, n, &s) {
+                            next.put(kind, old);
+                        }
+                    }
+                }
+            }
+            report.enforced[i] = held.len();
+        }
+        *mirror = next;
+        drop(mirror);
+        if !report.not_fitting.is_empty() {
+            log::error!(
+                "{} entr{} did not fit in the kernel tables and are NOT enforced on this sensor (raise the [datapath] map sizes); everything in the kernel is tracked and expires",
+                report.not_fitting.len(),
+                if report.not_fitting.len() == 1 { "y" } else { "ies" }
+            );
         }
         self.inner.expiry_wake.notify_one();
-        Ok(())
+        self.inner.snapshot_wake.notify_one();
+        report
     }
+
+    /// An alert about the sensor itself (not about a source address).
+    fn system_alert(&self, class: &str, mitre: &str, evidence: serde_json::Map<String, serde_json::Value>) -> Alert {
+        let now = Utc::now();
+        Alert {
+            id: format!("{}-{}-{class}", self.inner.cfg.sensor_id, now.timestamp_millis()),
+            ts: now,
+            sensor_id: self.inner.cfg.sensor_id.clone(),
+            class: class.into(),
+            src_ip: IpAddr::from([0u8; 4]),
+            dst_ip: None,
+            dst_port: None,
+            risk: 50,
+            confidence: 1.0,
+            mitre: mitre.into(),
+            action: "refused".into(),
+            evidence,
+            count: 1,
+        }
+    }
+}
+
+/// What [`Control::load`] did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Entries the kernel holds now: blocklist, allowlist.
+    pub enforced: [usize; 2],
+    /// Entries this sensor should enforce that did not fit in the kernel tables.
+    pub not_fitting: Vec<(ListKind, IpNet)>,
 }
 
 fn table(dp: &Datapath, kind: ListKind) -> &dyn CidrOps {

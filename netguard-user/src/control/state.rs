@@ -88,10 +88,6 @@ impl Mirror {
         }
         out
     }
-
-    pub fn clear(&mut self) {
-        *self = Self::default();
-    }
 }
 
 #[cfg(test)]

@@ -88,6 +88,7 @@ pub struct Metrics {
     alerts: IntCounterVec,
     http: HistogramVec,
     store_queued_writes: IntGauge,
+    store_backlog: IntGaugeVec,
     store_up: IntGauge,
     datapath_attached: IntGauge,
     host_events: HostEventMetrics,
@@ -161,6 +162,15 @@ impl Metrics {
             "netguard_store_queued_writes",
             "State writes queued while the store is unreachable (replayed when it comes back).",
         );
+        let store_backlog = IntGaugeVec::new(
+            Opts::new(
+                "netguard_store_backlog",
+                "Store writes queued for retry by kind (lists, alerts, events, other): the store is unreachable or refusing writes; the kernel already enforces the list changes.",
+            ),
+            &["kind"],
+        )
+        .expect("valid gauge");
+        reg(&registry, &store_backlog);
         let store_up = gauge(
             &registry,
             "netguard_store_up",
@@ -205,6 +215,7 @@ impl Metrics {
             alerts,
             http,
             store_queued_writes,
+            store_backlog,
             store_up,
             datapath_attached,
             host_events,
@@ -295,6 +306,13 @@ impl Metrics {
 
     pub fn set_store_queued_writes(&self, n: usize) {
         self.store_queued_writes.set(to_i64(n));
+    }
+
+    /// `netguard_store_backlog{kind}` from [`netguard_store::Store::queued_by_class`].
+    pub fn set_store_backlog(&self, by_class: &[(netguard_store::WriteClass, usize)]) {
+        for (class, n) in by_class {
+            self.store_backlog.with_label_values(&[class.label()]).set(to_i64(*n));
+        }
     }
 
     pub fn set_store_up(&self, up: bool) {
