@@ -67,17 +67,20 @@ fn run_one(ctx: &Ctx, sc: &Scenario, logs: &Path) -> Result<()> {
         own.push(spawn("step", i, step)?);
     }
     let start = Instant::now();
+    // A finished step is polled no more (its status was reaped).
+    let mut done = vec![false; own.len()];
     loop {
-        let mut running = false;
-        for p in &mut own {
-            running |= p.poll()?.is_none();
+        for (p, d) in own.iter_mut().zip(done.iter_mut()) {
+            if !*d && p.poll()?.is_some() {
+                *d = true;
+            }
         }
-        if !running && start.elapsed() >= sc.hold {
+        if done.iter().all(|d| *d) && start.elapsed() >= sc.hold {
             break;
         }
         procs::sleep(Duration::from_millis(200))?;
     }
-    for mut p in background.into_iter().chain(own) {
+    for p in &mut background {
         p.stop(Duration::from_secs(2));
     }
     Ok(())
@@ -91,6 +94,7 @@ pub fn run(ctx: &Ctx, plan: &[Scenario], length: Duration, seed: u64) -> Result<
     let state = ctx.work.join("state").join("soak");
     let _ = std::fs::remove_dir_all(&state);
     let logs = ctx.work.join("logs").join("soak");
+    std::fs::create_dir_all(&logs)?;
     let flags = DaemonFlags {
         record_features: false,
         dry_run: false,
