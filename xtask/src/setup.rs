@@ -77,8 +77,16 @@ pub fn setup(lab_tools: bool) -> Result<()> {
     step(
         &format!("rustup: rust-src for {toolchain}"),
         &format!("run `rustup component add rust-src --toolchain {toolchain}` by hand"),
-        |s| ensure_rust_src(s, toolchain),
+        |s| ensure_component(s, "rust-src", toolchain),
     )?;
+    // The lint stage of `cargo xtask test` (rustfmt, clippy): the default toolchain's own.
+    for component in ["rustfmt", "clippy"] {
+        step(
+            &format!("rustup: {component} for the default toolchain"),
+            &format!("run `rustup component add {component}` by hand"),
+            |s| ensure_component(s, component, "stable"),
+        )?;
+    }
 
     step(
         "bpf-linker (linked to LLVM 22)",
@@ -283,20 +291,20 @@ fn rust_src_toolchain() -> Result<&'static str> {
     }
 }
 
-fn ensure_rust_src(step: &mut Step, toolchain: &str) -> Result<()> {
+fn ensure_component(step: &mut Step, component: &str, toolchain: &str) -> Result<()> {
     let installed = util::probe(
         "rustup",
         &["component", "list", "--installed", "--toolchain", toolchain],
     )
     .with_context(|| format!("`rustup component list --toolchain {toolchain}` failed"))?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
+    if installed.lines().any(|l| l.starts_with(component)) {
         return Ok(());
     }
-    step.installing(&format!("rust-src for {toolchain}"));
+    step.installing(&format!("{component} for {toolchain}"));
     util::run(Command::new("rustup").args([
         "component",
         "add",
-        "rust-src",
+        component,
         "--toolchain",
         toolchain,
     ]))

@@ -1,5 +1,5 @@
-//! `cargo xtask test`: the whole suite, in the order that gives the quickest useful answer: setup, unit
-//! tests (no root), then the privileged integration tests that load XDP programs and drive real tools in
+//! `cargo xtask test`: the whole suite, in the order that gives the quickest useful answer: setup, lint
+//! (rustfmt, clippy -D warnings), unit tests (no root), then the privileged integration tests that load XDP programs and drive real tools in
 //! network namespaces. Test output streams as it comes; a summary of the stages closes the run.
 
 use std::time::Duration;
@@ -55,6 +55,28 @@ pub fn cmd(args: &TestArgs) -> Result<()> {
             return finish(&stages);
         }
     }
+
+    // Lint: formatting and clippy with warnings as errors, as aya enforces workspace-wide. A failure
+    // is reported with the rest; the tests still run, so one red run shows everything.
+    util::say("test", "lint: cargo fmt --check, cargo clippy -D warnings");
+    let (r, took) = util::timed(|| {
+        util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))?;
+        util::run(util::cargo().args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "netguard-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    });
+    stages.push(Stage {
+        name: "lint",
+        outcome: outcome_of(r),
+        took: Some(took),
+    });
 
     // Unit tests: every workspace crate except the kernel crate (it cannot build for the host) and the
     // privileged crate. --workspace rather than a -p list, so crates added later are picked up.

@@ -225,7 +225,7 @@ impl NeverBlock {
             detail: format!("token {token}"),
             expires_at: at.checked_add_signed(session),
         }));
-        out.sort_by(|a, b| (a.cidr, a.origin).cmp(&(b.cidr, b.origin)));
+        out.sort_by_key(|p| (p.cidr, p.origin));
         out
     }
 

@@ -374,7 +374,7 @@ fn a_confident_verdict_without_the_class_intensity_never_blocks() {
                 (F::ActiveSecs10s, 10.0),
             ],
         );
-        let out = d.evaluate(&[acks.clone()]);
+        let out = d.evaluate(std::slice::from_ref(&acks));
         // The model says syn_flood (wrong on purpose); the evidence check rejects it.
         assert!(out.is_empty(), "{out:?}");
         let rejected = d.take_rejected();
