@@ -72,17 +72,16 @@ pub async fn serve<L>(
             http.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout);
             let mut conn = pin!(http.serve_connection(TokioIo::new(io), svc).with_upgrades());
-            let mut stopping = pin!(signal_tx.closed());
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            log::debug!("API connection from {peer} ended: {e}");
-                        }
-                        break;
-                    }
-                    () = &mut stopping => conn.as_mut().graceful_shutdown(),
+            // Once shutdown begins, the connection finishes its request in progress and closes.
+            let r = tokio::select! {
+                r = conn.as_mut() => r,
+                () = signal_tx.closed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
                 }
+            };
+            if let Err(e) = r {
+                log::debug!("API connection from {peer} ended: {e}");
             }
             drop(slot);
             drop(close_rx);
