@@ -62,6 +62,8 @@ pub fn cmd(args: &BenchArgs) -> Result<()> {
             spoof_cap: 0,
             soak: Some(std::time::Duration::from_secs(60 * args.soak_minutes)),
             soak_seed: 1,
+            soak_rounds: None,
+            soak_expect_clean: false,
         })?;
     }
     Ok(())

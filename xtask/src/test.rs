@@ -120,6 +120,29 @@ pub fn cmd(args: &TestArgs) -> Result<()> {
             outcome: outcome_of(r),
             took: Some(took),
         });
+        // Every benign lab family once, interleaved, against one daemon with blocking on and the
+        // shipped model: any alert or block fails the stage (trust rules: never block an innocent).
+        util::say("test", "benign families against the real daemon (cargo xtask lab --soak, one round)");
+        let (r, took) = util::timed(|| {
+            crate::lab::cmd(&crate::lab::LabArgs {
+                quick: false,
+                out: None,
+                only: Vec::new(),
+                list: false,
+                no_setup: true,
+                no_build: false,
+                spoof_cap: 0,
+                soak: Some(Duration::from_secs(40 * 60)),
+                soak_seed: 1,
+                soak_rounds: Some(1),
+                soak_expect_clean: true,
+            })
+        });
+        stages.push(Stage {
+            name: "benign families",
+            outcome: outcome_of(r),
+            took: Some(took),
+        });
     } else {
         let why = "not root: loading XDP programs, creating network namespaces and running sshd/hping3 \
                    need root (euid 0), and there is no sudo; rerun as root";

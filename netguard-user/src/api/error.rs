@@ -219,7 +219,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-fn is_json(ct: Option<&HeaderValue>) -> bool {
+pub(crate) fn is_json(ct: Option<&HeaderValue>) -> bool {
     let Some(ct) = ct.and_then(|v| v.to_str().ok()) else {
         return false;
     };

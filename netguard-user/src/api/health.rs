@@ -32,7 +32,7 @@ pub struct Health {
     pub ws_clients: usize,
 }
 
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatapathHealth {
     pub attached: bool,
     /// Interface the program is attached to.
@@ -70,21 +70,7 @@ pub struct StoreHealth {
     )
 )]
 pub async fn health(State(state): State<ApiState>) -> Response {
-    let datapath = {
-        let dp = state
-            .control
-            .datapath()
-            .lock()
-            .expect("datapath lock poisoned");
-        let att = dp.attached();
-        DatapathHealth {
-            attached: att.is_some(),
-            iface: att.map(|(i, _)| i.to_owned()),
-            mode: att.map(|(_, m)| m.as_str().to_owned()),
-            blocklist_entries: dp.blocklist.len(),
-            allowlist_entries: dp.allowlist.len(),
-        }
-    };
+    let datapath = datapath_health(&state).await;
     let store = state.control.store();
     let ping = match tokio::time::timeout(STORE_PING_TIMEOUT, store.ping()).await {
         Ok(Ok(())) => None,
@@ -128,13 +114,15 @@ pub async fn health(State(state): State<ApiState>) -> Response {
     )
 )]
 pub async fn metrics(State(state): State<ApiState>) -> Response {
-    let refreshed = {
-        let dp = state
-            .control
-            .datapath()
-            .lock()
-            .expect("datapath lock poisoned");
-        state.metrics.refresh_from(&dp)
+    // Never behind the datapath lock (a bulk import or a long list page may hold it): when it is
+    // taken, the kernel counters and the attach state are those of the previous scrape.
+    let refreshed = match state.control.datapath().try_lock() {
+        Ok(dp) => {
+            let r = state.metrics.refresh_from(&dp);
+            state.dp_health.store(&dp);
+            r
+        }
+        Err(_) => Ok(()),
     };
     if let Err(e) = refreshed {
         log::warn!("metrics: kernel counters not refreshed: {e}");
@@ -151,4 +139,50 @@ pub async fn metrics(State(state): State<ApiState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// What `/health` shows of the datapath, as last read. `/health` and `/metrics` need no token, so
+/// a flood of them must not queue behind writers on the datapath lock, nor writers behind them:
+/// each takes the lock only if it is free, and otherwise answers from this copy.
+#[derive(Default)]
+pub(crate) struct DatapathCache(std::sync::Mutex<Option<DatapathHealth>>);
+
+impl DatapathCache {
+    fn store(&self, dp: &crate::datapath::Datapath) -> DatapathHealth {
+        let att = dp.attached();
+        let now = DatapathHealth {
+            attached: att.is_some(),
+            iface: att.map(|(i, _)| i.to_owned()),
+            mode: att.map(|(_, m)| m.as_str().to_owned()),
+            blocklist_entries: dp.blocklist.len(),
+            allowlist_entries: dp.allowlist.len(),
+        };
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(now.clone());
+        now
+    }
+
+    fn last(&self) -> Option<DatapathHealth> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+async fn datapath_health(state: &ApiState) -> DatapathHealth {
+    if let Ok(dp) = state.control.datapath().try_lock() {
+        return state.dp_health.store(&dp);
+    }
+    if let Some(last) = state.dp_health.last() {
+        return last;
+    }
+    // Busy before anything was cached (the first request during a long import): wait, but on a
+    // blocking thread rather than a runtime worker.
+    let (dp, cache) = (state.control.datapath().clone(), state.dp_health.clone());
+    tokio::task::spawn_blocking(move || cache.store(&dp.lock().expect("datapath lock poisoned")))
+        .await
+        .expect("datapath health reader panicked")
 }

@@ -8,8 +8,10 @@
 
 pub mod alerts_flows;
 pub mod auth;
+pub mod conns;
 pub mod error;
 pub mod events;
+pub mod events_body;
 pub mod health;
 pub mod lists;
 pub mod multivm;
@@ -18,8 +20,8 @@ pub mod ratelimit;
 pub mod responses;
 pub mod seed;
 pub mod tls;
-pub mod ws;
 pub mod trust;
+pub mod ws;
 
 use std::{
     future::Future,
@@ -72,6 +74,15 @@ pub struct ApiConfig {
     /// is dropped.
     #[serde(with = "duration_text")]
     pub ws_write_timeout: Duration,
+    /// WebSocket clients at once; one more is answered 503 before the upgrade.
+    pub ws_max_clients: usize,
+    /// Connections served at once (HTTP and HTTPS alike; upgraded WebSockets count against
+    /// `ws_max_clients` instead); one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers before its connection is closed
+    /// (slow or idle clients must not hold connections), e.g. "10s".
+    #[serde(with = "duration_text")]
+    pub header_read_timeout: Duration,
     /// MaxMind GeoLite2-City/Country .mmdb file for `GET /api/v1/geo-attacks` (`--geoip-db`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub geoip_db: Option<std::path::PathBuf>,
@@ -96,6 +107,9 @@ impl Default for ApiConfig {
             ws_queue: 1024,
             ws_ping_interval: Duration::from_secs(20),
             ws_write_timeout: Duration::from_secs(10),
+            ws_max_clients: 2048,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
             geoip_db: None,
             events_rate_limit: ratelimit::EventsRateLimit::default(),
             tls_cert: None,
@@ -116,6 +130,17 @@ impl ApiConfig {
     /// environment or the state dir is checked later, by [`Tokens::load`].
     pub fn validate(&self) -> Result<(), ApiConfigError> {
         Tokens::new(self.tokens.clone())?;
+        for (field, v) in [
+            ("api.max_connections", self.max_connections),
+            ("api.ws_max_clients", self.ws_max_clients),
+        ] {
+            if v == 0 {
+                return Err(ApiConfigError::Invalid {
+                    field: field.into(),
+                    problem: "must be at least 1".into(),
+                });
+            }
+        }
         self.events_rate_limit
             .validate()
             .map_err(|(field, problem)| ApiConfigError::Invalid {
@@ -171,12 +196,15 @@ pub struct ApiState {
     pub(crate) geo: Option<Arc<crate::geo::GeoDb>>,
     /// Per-token budget of `POST /api/v1/events` (`[api.events_rate_limit]`).
     pub(crate) events_limit: Arc<ratelimit::Limiter>,
+    /// `/health`'s last view of the datapath, for when its lock is busy.
+    pub(crate) dp_health: Arc<health::DatapathCache>,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
     body_limit: usize,
     request_timeout: Duration,
+    conns: conns::ConnLimits,
 }
 
 impl ApiState {
@@ -193,6 +221,7 @@ impl ApiState {
                 queue: cfg.ws_queue.max(1),
                 ping_interval: cfg.ws_ping_interval,
                 write_timeout: cfg.ws_write_timeout,
+                max_clients: cfg.ws_max_clients.max(1),
             },
         );
         let events = crate::events::Events::new(
@@ -210,10 +239,15 @@ impl ApiState {
             limits: Limits {
                 body_limit: cfg.body_limit,
                 request_timeout: cfg.request_timeout,
+                conns: conns::ConnLimits {
+                    max_connections: cfg.max_connections,
+                    header_read_timeout: cfg.header_read_timeout,
+                },
             },
             hub,
             geo: None,
             events_limit: Arc::new(ratelimit::Limiter::new(cfg.events_rate_limit.clone())),
+            dp_health: Arc::default(),
         }
     }
 
@@ -290,8 +324,8 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let hub = state.hub.clone();
-    // The peer address lets authenticated clients join the never-block set (`crate::trust`).
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let limits = state.limits.conns;
+    let app = router(state);
     let shutdown = async move {
         shutdown.await;
         hub.shutdown();
@@ -302,15 +336,20 @@ pub async fn serve_with(
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+            conns::serve(listener, app, limits, shutdown).await;
         }
         Some(config) => {
-            // Nagle is off in the listener, before the handshake; `tap_io` gives axum's
-            // `ConnectInfo<SocketAddr>` for any listener whose address is a `SocketAddr`.
-            let listener = tls::TlsListener::new(listener, config)?.tap_io(|_| {});
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+            // Nagle is off in the TLS listener, before the handshake.
+            conns::serve(
+                tls::TlsListener::new(listener, config)?,
+                app,
+                limits,
+                shutdown,
+            )
+            .await;
         }
     }
+    Ok(())
 }
 
 async fn not_found() -> ApiError {

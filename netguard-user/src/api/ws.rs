@@ -24,7 +24,7 @@ use axum::{
             rejection::WebSocketUpgradeRejection,
         },
     },
-    http::HeaderMap,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
@@ -52,6 +52,8 @@ pub struct WsConfig {
     pub queue: usize,
     pub ping_interval: Duration,
     pub write_timeout: Duration,
+    /// Clients at once (`[api] ws_max_clients`); one more is answered 503 before the upgrade.
+    pub max_clients: usize,
 }
 
 pub struct Hub {
@@ -97,9 +99,30 @@ impl Hub {
         self.clients.load(Ordering::Relaxed)
     }
 
+    /// Takes one of the `max_clients` places, or none when all are taken. The place is taken
+    /// before the upgrade is answered and given back when the returned guard is dropped (the client
+    /// left, or the upgrade never completed), so that many upgrades at once cannot overshoot.
+    fn reserve(self: &Arc<Self>) -> Option<ClientSlot> {
+        self.clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.cfg.max_clients).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ClientSlot(self.clone()))
+    }
+
     /// Tells every client that the server is going away.
     pub fn shutdown(&self) {
         self.stop.send_replace(true);
+    }
+}
+
+/// One connected (or connecting) WebSocket client's place in the hub's count.
+struct ClientSlot(Arc<Hub>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -126,6 +149,7 @@ pub struct WsQuery {
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Role too low", body = ErrorBody),
         (status = 426, description = "Upgrade required: connect with a WebSocket client", body = ErrorBody),
+        (status = 503, description = "`[api] ws_max_clients` clients are connected already; retry later", body = ErrorBody),
         (status = "default", description = "Error", body = ErrorBody),
     )
 )]
@@ -146,6 +170,16 @@ pub async fn ws(
             format!("{}; connect with a WebSocket client", r.body_text()),
         )
     })?;
+    let Some(slot) = state.hub.reserve() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} WebSocket clients are connected, the limit ([api] ws_max_clients); retry later",
+                state.hub.cfg.max_clients
+            ),
+        )
+        .with_code("ws_clients_full"));
+    };
     // Subscribe before answering 101, so that nothing published after the client sees the upgrade
     // can be missed.
     let rx = state.hub.tx.subscribe();
@@ -153,10 +187,9 @@ pub async fn ws(
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {
-            hub.clients.fetch_add(1, Ordering::Relaxed);
             log::debug!("WebSocket client `{}` connected", who.name);
             let why = client(socket, rx, &hub).await;
-            hub.clients.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
             log::debug!("WebSocket client `{}` left: {why}", who.name);
         })
         .into_response())

@@ -261,15 +261,14 @@ impl Control {
     pub async fn blocked_until(&self, ip: std::net::IpAddr, until: Option<DateTime<Utc>>) -> Option<ListEntry> {
         let mirror = self.inner.mirror.lock().await;
         mirror
-            .list(ListKind::Block)
-            .values()
-            .filter(|e| self.applies(&e.scope) && e.cidr.contains(&ip))
-            .filter(|e| match (e.expires_at, until) {
-                (None, _) => true,
-                (Some(_), None) => false,
-                (Some(t), Some(u)) => t >= u,
+            .most_specific(ip, |e| {
+                self.applies(&e.scope)
+                    && match (e.expires_at, until) {
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                        (Some(t), Some(u)) => t >= u,
+                    }
             })
-            .max_by_key(|e| e.cidr.prefix_len())
             .cloned()
     }
 
@@ -517,28 +516,37 @@ impl Control {
 
     /// Entries (all scopes) with this sensor's kernel hit counts, sorted by CIDR; `total` before paging.
     pub async fn list(&self, kind: ListKind, offset: usize, limit: usize) -> Result<(usize, Vec<EntryView>), ControlError> {
-        let mirror = self.inner.mirror.lock().await;
-        let list = mirror.list(kind);
-        let dp = self.dp();
-        let views = list
-            .values()
-            .skip(offset)
-            .take(limit)
-            .map(|e| {
-                let enforced = self.applies(&e.scope);
-                let hits = match kind {
-                    ListKind::Block if enforced => dp.blocklist.get(e.cidr).ok().flatten().map_or(0, |v| v.hits),
-                    ListKind::Allow if enforced => dp.allowlist.get(e.cidr).ok().flatten().map_or(0, |v| v.overrides),
-                    _ => 0,
-                };
-                EntryView {
-                    entry: e.clone(),
-                    enforced,
-                    hits,
+        // The page is copied under the mirror's lock; the hit counters (one syscall per entry) are
+        // read afterwards on a blocking thread, taking the datapath lock for one chunk at a time,
+        // so that a long page neither occupies a runtime worker nor holds writers and `/health`
+        // behind the datapath lock for the whole loop.
+        let (total, page) = {
+            let mirror = self.inner.mirror.lock().await;
+            let list = mirror.list(kind);
+            let page: Vec<(ListEntry, bool)> = list.values().skip(offset).take(limit).map(|e| (e.clone(), self.applies(&e.scope))).collect();
+            (list.len(), page)
+        };
+        const CHUNK: usize = 256;
+        let dp = self.inner.dp.clone();
+        let views = tokio::task::spawn_blocking(move || {
+            let mut views = Vec::with_capacity(page.len());
+            let mut page = page.into_iter().peekable();
+            while page.peek().is_some() {
+                let dp = dp.lock().expect("datapath lock poisoned");
+                for (entry, enforced) in page.by_ref().take(CHUNK) {
+                    let hits = match kind {
+                        ListKind::Block if enforced => dp.blocklist.get(entry.cidr).ok().flatten().map_or(0, |v| v.hits),
+                        ListKind::Allow if enforced => dp.allowlist.get(entry.cidr).ok().flatten().map_or(0, |v| v.overrides),
+                        _ => 0,
+                    };
+                    views.push(EntryView { entry, enforced, hits });
                 }
-            })
-            .collect();
-        Ok((list.len(), views))
+            }
+            views
+        })
+        .await
+        .expect("hit counter reader panicked");
+        Ok((total, views))
     }
 
     /// Number of entries per scope class, for metrics: (global, this sensor's, other sensors').
@@ -571,13 +579,10 @@ impl Control {
     /// A blocked source was seen (kernel BLOCK_HIT event): raise a rate-limited alert.
     pub async fn on_block_hit(&self, src: IpAddr, dst: IpAddr, dst_port: u16, proto: u8) -> Option<Alert> {
         let entry = {
+            // An index lookup, not a scan: forged hits from blocked sources must not hold the
+            // mirror's lock long enough to starve writes.
             let mirror = self.inner.mirror.lock().await;
-            mirror
-                .list(ListKind::Block)
-                .values()
-                .filter(|e| self.applies(&e.scope) && e.cidr.contains(&src))
-                .max_by_key(|e| e.cidr.prefix_len())
-                .cloned()?
+            mirror.most_specific(src, |e| self.applies(&e.scope)).cloned()?
         };
         let alert = self.inner.hits.lock().expect("hits lock").alert(&self.inner.cfg.sensor_id, &entry, src, dst, dst_port, proto)?;
         self.raise_alert(alert.clone()).await;

@@ -71,6 +71,13 @@ pub struct LabArgs {
     /// Seed of the soak's order.
     #[arg(long, default_value_t = 1)]
     pub soak_seed: u64,
+    /// Stop the soak after this many rounds (each runs every selected benign scenario once), even
+    /// if its time is not up.
+    #[arg(long)]
+    pub soak_rounds: Option<u64>,
+    /// Fail (exit non-zero) if the soak raised any alert or block: what `cargo xtask test` uses.
+    #[arg(long)]
+    pub soak_expect_clean: bool,
 }
 
 /// Rows before this much time after the benign background starts are dropped (windows filling).
@@ -225,8 +232,16 @@ pub fn cmd(args: &LabArgs) -> Result<()> {
         started,
     };
     if let Some(length) = args.soak {
-        let report = soak::run(&ctx, &plan, length, args.soak_seed)?;
+        let report = soak::run(&ctx, &plan, length, args.soak_seed, args.soak_rounds)?;
         soak::print(&report);
+        if args.soak_expect_clean && !(report.alerts.is_empty() && report.blocks.is_empty()) {
+            bail!(
+                "the benign soak raised {} alert(s) and {} block(s): each is a false positive (see above and {})",
+                report.alerts.len(),
+                report.blocks.len(),
+                work.join("logs/soak").display()
+            );
+        }
         return Ok(());
     }
     let mut schema = None;

@@ -86,9 +86,9 @@ fn run_one(ctx: &Ctx, sc: &Scenario, logs: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs the benign scenarios of `plan`, shuffled by `seed`, for at least `length`, against one daemon
-/// with blocking on; returns what it alerted and blocked.
-pub fn run(ctx: &Ctx, plan: &[Scenario], length: Duration, seed: u64) -> Result<SoakReport> {
+/// Runs the benign scenarios of `plan`, shuffled by `seed`, for at least `length` (or until `rounds`
+/// rounds are done), against one daemon with blocking on; returns what it alerted and blocked.
+pub fn run(ctx: &Ctx, plan: &[Scenario], length: Duration, seed: u64, rounds: Option<u64>) -> Result<SoakReport> {
     let benign: Vec<&Scenario> = plan.iter().filter(|s| s.class == Label::Benign).collect();
     anyhow::ensure!(!benign.is_empty(), "the plan has no benign scenario to soak");
     let state = ctx.work.join("state").join("soak");
@@ -116,6 +116,9 @@ pub fn run(ctx: &Ctx, plan: &[Scenario], length: Duration, seed: u64) -> Result<
             runs.push((sc.name.clone(), t0.elapsed().as_secs_f64()));
         }
         round += 1;
+        if rounds.is_some_and(|r| round >= r) {
+            break;
+        }
     }
     // The last windows close within a tick or two.
     procs::sleep(Duration::from_secs(3))?;
