@@ -20,7 +20,9 @@ fn has_rust_src(toolchain: &str) -> bool {
         return false;
     }
     let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Path::new(&sysroot).join("lib/rustlib/src/rust/library/core/Cargo.toml").exists()
+    Path::new(&sysroot)
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+        .exists()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,8 +43,14 @@ fn main() -> anyhow::Result<()> {
         // Stable refuses -Z build-std unless told it is bootstrapping; aya-build reads this variable
         // and the nested cargo inherits it. This script runs single-threaded, before any child.
         unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
-        let why = if forced.is_some() { "NETGUARD_EBPF_TOOLCHAIN" } else { "no nightly with rust-src found" };
-        println!("cargo:warning=building the eBPF program with `{toolchain}` + RUSTC_BOOTSTRAP=1 ({why})");
+        let why = if forced.is_some() {
+            "NETGUARD_EBPF_TOOLCHAIN"
+        } else {
+            "no nightly with rust-src found"
+        };
+        println!(
+            "cargo:warning=building the eBPF program with `{toolchain}` + RUSTC_BOOTSTRAP=1 ({why})"
+        );
     }
 
     let metadata_root = env::var("CARGO_MANIFEST_DIR")?;

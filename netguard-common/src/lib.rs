@@ -350,14 +350,23 @@ mod tests {
     #[test]
     fn counter_table_matches_discriminants() {
         for (i, c) in Counter::ALL.iter().enumerate() {
-            assert_eq!(*c as usize, i, "{} is out of order in Counter::ALL", c.name());
+            assert_eq!(
+                *c as usize,
+                i,
+                "{} is out of order in Counter::ALL",
+                c.name()
+            );
         }
     }
 
     #[test]
     fn counter_names_are_unique_snake_case() {
         for (i, a) in Counter::ALL.iter().enumerate() {
-            assert!(a.name().bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
+            assert!(
+                a.name()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+            );
             for b in &Counter::ALL[i + 1..] {
                 assert_ne!(a.name(), b.name());
             }

@@ -31,23 +31,29 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use netguard_common::{
-    AllowValue, BlockValue, Counter, Counters, EventBudget, FAMILY_V4, FlowEvent, FlowKey,
-    BLOCK_HIT_EVENT_GAP_NS, FlowStats, PREFIX16_WORDS, TableFlag, defaults, event_kind, proto,
+    AllowValue, BLOCK_HIT_EVENT_GAP_NS, BlockValue, Counter, Counters, EventBudget, FAMILY_V4,
+    FlowEvent, FlowKey, FlowStats, PREFIX16_WORDS, TableFlag, defaults, event_kind, proto,
     tcp_flags,
 };
 use parse::{Packet, Parsed};
 
 // Sizes here are defaults; userspace overrides every max_entries from its config before loading.
 #[map]
-static BLOCK_V4: LpmTrie<[u8; 4], BlockValue> = LpmTrie::with_max_entries(defaults::BLOCK_V4_MAX, 0);
+static BLOCK_V4: LpmTrie<[u8; 4], BlockValue> =
+    LpmTrie::with_max_entries(defaults::BLOCK_V4_MAX, 0);
 #[map]
-static BLOCK_V6: LpmTrie<[u8; 16], BlockValue> = LpmTrie::with_max_entries(defaults::BLOCK_V6_MAX, 0);
+static BLOCK_V6: LpmTrie<[u8; 16], BlockValue> =
+    LpmTrie::with_max_entries(defaults::BLOCK_V6_MAX, 0);
 #[map]
-static BLOCK_HOST_V4: HashMap<[u8; 4], BlockValue> =
-    HashMap::with_max_entries(defaults::BLOCK_V4_MAX, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+static BLOCK_HOST_V4: HashMap<[u8; 4], BlockValue> = HashMap::with_max_entries(
+    defaults::BLOCK_V4_MAX,
+    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
+);
 #[map]
-static BLOCK_HOST_V6: HashMap<[u8; 16], BlockValue> =
-    HashMap::with_max_entries(defaults::BLOCK_V6_MAX, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+static BLOCK_HOST_V6: HashMap<[u8; 16], BlockValue> = HashMap::with_max_entries(
+    defaults::BLOCK_V6_MAX,
+    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
+);
 #[map]
 static TABLE_FLAGS: Array<u32> = Array::with_max_entries(TableFlag::COUNT, 0);
 #[map]
@@ -55,9 +61,11 @@ static ALLOW_FLAGS: Array<u32> = Array::with_max_entries(TableFlag::COUNT, 0);
 #[map]
 static PREFIX16_V4: Array<u64> = Array::with_max_entries(PREFIX16_WORDS, 0);
 #[map]
-static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::with_max_entries(defaults::ALLOW_V4_MAX, 0);
+static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> =
+    LpmTrie::with_max_entries(defaults::ALLOW_V4_MAX, 0);
 #[map]
-static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> = LpmTrie::with_max_entries(defaults::ALLOW_V6_MAX, 0);
+static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> =
+    LpmTrie::with_max_entries(defaults::ALLOW_V6_MAX, 0);
 /// One LRU table for both families keeps eviction fair between them and costs one lookup per packet.
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(defaults::FLOWS_MAX, 0);
@@ -132,7 +140,11 @@ fn try_netguard(ctx: &XdpContext) -> Result<u32, ()> {
             c[Counter::DropPackets as usize] += 1;
             c[Counter::DropBytes as usize] += len;
             if notify {
-                let flags = if pkt.key.proto == proto::TCP { pkt.tcp_flags } else { 0 };
+                let flags = if pkt.key.proto == proto::TCP {
+                    pkt.tcp_flags
+                } else {
+                    0
+                };
                 emit_event(event_kind::BLOCK_HIT, pkt, flags, len, now, c);
             }
             return Ok(xdp_action::XDP_DROP);
@@ -208,7 +220,9 @@ fn block_lookup_v6(src: [u8; 16]) -> Option<&'static BlockValue> {
 enum Verdict {
     Pass,
     /// `notify`: the entry had been quiet for BLOCK_HIT_EVENT_GAP_NS, so userspace hears about it.
-    Drop { notify: bool },
+    Drop {
+        notify: bool,
+    },
 }
 
 /// Blocklist verdict for the packet's source. Records the hit on the matching entry, or the override
@@ -276,7 +290,11 @@ fn record_override(v: &AllowValue, c: &mut [u64; Counter::COUNT], now: u64) {
 /// Counts the packet in its flow, creating the flow (and its ring-buffer event) when it is new.
 #[inline(always)]
 fn account_flow(ctx: &XdpContext, pkt: &Packet, c: &mut [u64; Counter::COUNT], len: u64, now: u64) {
-    let flags = if pkt.key.proto == proto::TCP { pkt.tcp_flags } else { 0 };
+    let flags = if pkt.key.proto == proto::TCP {
+        pkt.tcp_flags
+    } else {
+        0
+    };
     if let Some(st) = FLOWS.get_ptr_mut(&pkt.key) {
         update_flow(st, pkt, flags, len, now);
         return;
@@ -354,7 +372,14 @@ fn update_flow(st: *mut FlowStats, pkt: &Packet, flags: u32, len: u64, now: u64)
 /// every packet is a new flow; the budget keeps the ring buffer from becoming a per-packet channel,
 /// and userspace still sees every flow in the flow map.
 #[inline(always)]
-fn emit_event(kind: u32, pkt: &Packet, flags: u32, len: u64, now: u64, c: &mut [u64; Counter::COUNT]) {
+fn emit_event(
+    kind: u32,
+    pkt: &Packet,
+    flags: u32,
+    len: u64,
+    now: u64,
+    c: &mut [u64; Counter::COUNT],
+) {
     let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
         return;
     };

@@ -173,7 +173,10 @@ fn parse_ipv6(ctx: &XdpContext, off: usize, pkt: &mut Packet) -> Parsed {
     // there are no ports to read behind them.
     let mut i = 0;
     while i <= IPV6_MAX_EXT_HEADERS {
-        let is_ext = matches!(next, IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH | IPV6_FRAGMENT);
+        let is_ext = matches!(
+            next,
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH | IPV6_FRAGMENT
+        );
         if !is_ext {
             pkt.key.proto = next;
             return parse_l4(ctx, off, pkt);

@@ -104,7 +104,10 @@ impl StoreError {
     /// unreachable, or reachable but refusing writes for now (out of memory, stopped writes after
     /// a failed save, a permission or password change). `ResilientStore` queues and retries these.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable { .. } | StoreError::Rejected { .. })
+        matches!(
+            self,
+            StoreError::Unavailable { .. } | StoreError::Rejected { .. }
+        )
     }
 }
 

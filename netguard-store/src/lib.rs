@@ -39,11 +39,11 @@ pub use self::embedded::{EmbeddedConfig, EmbeddedStore};
 pub use self::redis::{RedisConfig, RedisStore};
 pub use self::resilient::{QueuedWrite, ResilientConfig, ResilientStore, WriteClass};
 pub use error::{Result, StoreError};
-pub use url::redact_url;
 pub use types::{
     Alert, AlertQuery, ChangeEvent, EntryChange, EntrySource, EventQuery, HostEventRecord,
     ListEntry, ListKind, Scope, Sensor,
 };
+pub use url::redact_url;
 
 /// Default number of alerts kept; older ones are trimmed (DESIGN.md: history after a page reload).
 pub const DEFAULT_ALERT_CAP: usize = 100_000;

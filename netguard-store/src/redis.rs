@@ -131,13 +131,16 @@ pub struct RedisStore {
     malformed: std::sync::Mutex<Vec<String>>,
 }
 
-
 impl RedisStore {
     /// Connects and checks the server answers, so a wrong URL fails at start-up with advice.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let client = client(&config)?;
         // Only scheme, host and port: the URL may carry a password that must not reach logs.
-        let scheme = if config.url.starts_with("rediss://") { "rediss" } else { "redis" };
+        let scheme = if config.url.starts_with("rediss://") {
+            "rediss"
+        } else {
+            "redis"
+        };
         let location = format!("{scheme}://{}", client.get_connection_info().addr());
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
@@ -257,7 +260,8 @@ pub(crate) fn is_outage(e: &StoreError) -> bool {
 fn unavailable(location: &str, e: RedisError) -> StoreError {
     // A TLS failure is not an outage to wait out: say which setting fixes it.
     let text = e.to_string().to_ascii_lowercase();
-    let hint = if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+    let hint = if text.contains("certificate") || text.contains("tls") || text.contains("handshake")
+    {
         TLS_HINT
     } else if text.contains("wrongpass") || text.contains("noauth") || text.contains("auth") {
         AUTH_HINT
@@ -278,7 +282,9 @@ fn client(config: &RedisConfig) -> Result<Client> {
     let shown = crate::redact_url(&config.url);
     let bad_url = |e: RedisError| StoreError::Invalid {
         field: "redis url",
-        detail: format!("{shown:?} is not a redis URL ({e}): use redis://HOST:PORT or rediss://HOST:PORT (TLS)"),
+        detail: format!(
+            "{shown:?} is not a redis URL ({e}): use redis://HOST:PORT or rediss://HOST:PORT (TLS)"
+        ),
     };
     let tls = config.url.starts_with("rediss://");
     let Some(ca) = &config.ca else {
@@ -639,21 +645,44 @@ mod client_tests {
 
     #[test]
     fn a_bad_url_is_refused_without_its_password() {
-        let e = client(&config("redis://admin:hunter2@host:notaport/0", None)).err().unwrap().to_string();
-        assert!(e.contains("redis://admin:***@host:notaport/0") && !e.contains("hunter2"), "{e}");
+        let e = client(&config("redis://admin:hunter2@host:notaport/0", None))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("redis://admin:***@host:notaport/0") && !e.contains("hunter2"),
+            "{e}"
+        );
     }
 
     #[test]
     fn the_ca_file_is_checked_and_named() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.pem");
-        let e = client(&config("rediss://:hunter2@h:6380", Some(missing.clone()))).err().unwrap().to_string();
-        assert!(e.contains(&missing.display().to_string()) && e.contains("redis_ca") && !e.contains("hunter2"), "{e}");
+        let e = client(&config("rediss://:hunter2@h:6380", Some(missing.clone())))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains(&missing.display().to_string())
+                && e.contains("redis_ca")
+                && !e.contains("hunter2"),
+            "{e}"
+        );
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a certificate\n").unwrap();
-        let e = client(&config("rediss://h:6380", Some(junk.clone()))).err().unwrap().to_string();
-        assert!(e.contains("junk.pem") && e.contains("no certificate"), "{e}");
-        let e = client(&config("redis://:hunter2@h:6379", Some(junk))).err().unwrap().to_string();
+        let e = client(&config("rediss://h:6380", Some(junk.clone())))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("junk.pem") && e.contains("no certificate"),
+            "{e}"
+        );
+        let e = client(&config("redis://:hunter2@h:6379", Some(junk)))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("rediss://") && !e.contains("hunter2"), "{e}");
     }
 }

@@ -384,7 +384,10 @@ impl<S: Store> Shared<S> {
         if queue.counts[class.index()] >= cap {
             let last = self.last_down.lock().unwrap_or_else(|e| e.into_inner());
             let (backend, location) = last.clone().unwrap_or(("store", "?".to_owned()));
-            log::error!("store write queue for {} is full: dropping a write", class.label());
+            log::error!(
+                "store write queue for {} is full: dropping a write",
+                class.label()
+            );
             return Err(StoreError::QueueFull {
                 backend,
                 location,
@@ -469,7 +472,12 @@ impl<S: Store + 'static> ResilientStore<S> {
 
     /// Queued writes per class, list changes first; for metrics and `/health`.
     pub fn queued_by_class(&self) -> [(WriteClass, usize); 4] {
-        WriteClass::ALL.map(|c| (c, self.shared.queued_by_class[c.index()].load(Ordering::Relaxed)))
+        WriteClass::ALL.map(|c| {
+            (
+                c,
+                self.shared.queued_by_class[c.index()].load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// Writes the backend refused (OOM, MISCONF, NOPERM...) and that were queued for retry.

@@ -78,10 +78,19 @@ mod tests {
 
     #[test]
     fn password_is_replaced_and_the_rest_kept() {
-        assert_eq!(redact_url("redis://user:s3cret@10.0.0.1:6379/2"), "redis://user:***@10.0.0.1:6379/2");
-        assert_eq!(redact_url("rediss://:s3cret@cache.example:6380"), "rediss://:***@cache.example:6380");
+        assert_eq!(
+            redact_url("redis://user:s3cret@10.0.0.1:6379/2"),
+            "redis://user:***@10.0.0.1:6379/2"
+        );
+        assert_eq!(
+            redact_url("rediss://:s3cret@cache.example:6380"),
+            "rediss://:***@cache.example:6380"
+        );
         assert_eq!(redact_url("redis://s3cret@host"), "redis://***@host");
-        assert_eq!(redact_url("redis://default:s3cret@[2001:db8::2]:7000/1"), "redis://default:***@[2001:db8::2]:7000/1");
+        assert_eq!(
+            redact_url("redis://default:s3cret@[2001:db8::2]:7000/1"),
+            "redis://default:***@[2001:db8::2]:7000/1"
+        );
     }
 
     #[test]
@@ -91,7 +100,10 @@ mod tests {
             ("redis://u:pa/ss@h:1/0", "pa/ss"),
             ("redis://u:a:b@h", "a:b"),
             ("redis://u:pa?ss@h", "pa?ss"),
-            ("redis://h:6379/0?password=topsecret&protocol=resp3", "topsecret"),
+            (
+                "redis://h:6379/0?password=topsecret&protocol=resp3",
+                "topsecret",
+            ),
             ("no-scheme:hidden@host", "hidden"),
         ] {
             let r = redact_url(url);
@@ -109,13 +121,21 @@ mod tests {
         let t = "could not open the state store: \"redis://u:hunter2@h:1/0\" is bad (see rediss://:pw2@x)\nnext";
         let r = redact_text(t);
         assert!(!r.contains("hunter2") && !r.contains("pw2"), "{r}");
-        assert_eq!(r, "could not open the state store: \"redis://u:***@h:1/0\" is bad (see rediss://:***@x)\nnext");
+        assert_eq!(
+            r,
+            "could not open the state store: \"redis://u:***@h:1/0\" is bad (see rediss://:***@x)\nnext"
+        );
         assert_eq!(redact_text("no url here"), "no url here");
     }
 
     #[test]
     fn urls_without_credentials_are_unchanged() {
-        for url in ["redis://127.0.0.1:6379/0", "rediss://h", "unix:///run/redis.sock", ""] {
+        for url in [
+            "redis://127.0.0.1:6379/0",
+            "rediss://h",
+            "unix:///run/redis.sock",
+            "",
+        ] {
             assert_eq!(redact_url(url), url);
             assert!(!has_credentials(url));
         }

@@ -127,7 +127,11 @@ impl Client {
 
     /// A client that, with `cacert`, trusts only the CA certificate(s) in that PEM file (as curl's
     /// `--cacert`), else the system's roots (read from disk; nothing is fetched).
-    pub fn with_ca(api: &str, token: Option<String>, cacert: Option<&Path>) -> Result<Self, ClientError> {
+    pub fn with_ca(
+        api: &str,
+        token: Option<String>,
+        cacert: Option<&Path>,
+    ) -> Result<Self, ClientError> {
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(5));
@@ -137,10 +141,12 @@ impl Client {
                 detail,
             };
             // Parsed here first, so a wrong file is reported as such rather than as a TLS failure.
-            let certs = crate::api::tls::load_certs(path, "--cacert").map_err(|e| ca_error(e.to_string()))?;
+            let certs = crate::api::tls::load_certs(path, "--cacert")
+                .map_err(|e| ca_error(e.to_string()))?;
             builder = builder.tls_built_in_root_certs(false);
             for der in certs {
-                let cert = reqwest::Certificate::from_der(&der).map_err(|e| ca_error(e.to_string()))?;
+                let cert =
+                    reqwest::Certificate::from_der(&der).map_err(|e| ca_error(e.to_string()))?;
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -268,12 +274,18 @@ fn tls_error(url: &str, e: &reqwest::Error) -> Option<ClientError> {
     }
     let detail = causes.last().cloned().unwrap_or_default();
     let all = causes.join(": ").to_ascii_lowercase();
-    if all.contains("certificate") || all.contains("unknownissuer") || all.contains("notvalidforname") {
+    if all.contains("certificate")
+        || all.contains("unknownissuer")
+        || all.contains("notvalidforname")
+    {
         Some(ClientError::Tls {
             url: url.to_owned(),
             detail,
         })
-    } else if all.contains("corrupt message") || all.contains("invalidcontenttype") || all.contains("wrong version number") {
+    } else if all.contains("corrupt message")
+        || all.contains("invalidcontenttype")
+        || all.contains("wrong version number")
+    {
         Some(ClientError::NotTls {
             url: url.to_owned(),
             detail,

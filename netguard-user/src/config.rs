@@ -94,7 +94,8 @@ mod humantime_serde_compat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e} (use e.g. \"90s\", \"4h\")")))
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("`{s}`: {e} (use e.g. \"90s\", \"4h\")")))
     }
 }
 
@@ -136,7 +137,10 @@ impl Config {
     /// Reads and validates a config file. Unknown keys are errors, so a typo is not silently ignored.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
         Self::parse(&text, &p)
     }
 
@@ -216,14 +220,17 @@ mod tests {
 
     #[test]
     fn sizes_are_read() {
-        let c = Config::parse("[datapath]\nflows_max = 4096\nblocklist_v4_max = 10\n", "x").unwrap();
+        let c =
+            Config::parse("[datapath]\nflows_max = 4096\nblocklist_v4_max = 10\n", "x").unwrap();
         assert_eq!(c.datapath.flows_max, 4096);
         assert_eq!(c.datapath.blocklist_v4_max, 10);
     }
 
     #[test]
     fn typo_is_an_error_naming_the_key() {
-        let e = Config::parse("[datapath]\nflow_max = 1\n", "cfg.toml").unwrap_err().to_string();
+        let e = Config::parse("[datapath]\nflow_max = 1\n", "cfg.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cfg.toml") && e.contains("flow_max"), "{e}");
     }
 
@@ -240,26 +247,50 @@ mod tests {
         assert_eq!(c.store.shutdown_flush, Duration::from_secs(5), "default");
         let c = Config::parse("[store]\nshutdown_flush = \"250ms\"\n", "x").unwrap();
         assert_eq!(c.store.shutdown_flush, Duration::from_millis(250));
-        let e = Config::parse("[control]\nhit_alert_cooldown = \"soon\"\n", "x").unwrap_err().to_string();
+        let e = Config::parse("[control]\nhit_alert_cooldown = \"soon\"\n", "x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("soon"), "{e}");
     }
 
     #[test]
     fn events_section_and_legacy_failed_auth_migration() {
-        let c = Config::parse("[events.per_vm]\nmax_retry = 3\n[events.vms.web-1]\nban_time = \"2h\"\n", "x").unwrap();
+        let c = Config::parse(
+            "[events.per_vm]\nmax_retry = 3\n[events.vms.web-1]\nban_time = \"2h\"\n",
+            "x",
+        )
+        .unwrap();
         assert_eq!(c.events.per_vm.max_retry, 3);
-        assert_eq!(c.events.per_vm.find_time, Duration::from_secs(600), "unset keys keep defaults");
+        assert_eq!(
+            c.events.per_vm.find_time,
+            Duration::from_secs(600),
+            "unset keys keep defaults"
+        );
         assert_eq!(c.events.global.max_retry, 10);
-        assert_eq!(c.events.vms["web-1"].ban_time, Some(Duration::from_secs(7200)));
+        assert_eq!(
+            c.events.vms["web-1"].ban_time,
+            Some(Duration::from_secs(7200))
+        );
         // The old tick rule is read as the per-VM rule, its per-sensor override as a VM override.
         let old = "[detect.rules.failed_auth]\nmax_retry = 4\nfind_time = \"5m\"\nclass = \"ssh_brute_force\"\n\
                    [detect.sensors.web-1.failed_auth]\nmax_retry = 0\n";
         let c = Config::parse(old, "x").unwrap();
-        assert_eq!((c.events.per_vm.max_retry, c.events.per_vm.find_time), (4, Duration::from_secs(300)));
-        assert_eq!(c.events.vms["web-1"].enabled, Some(false), "max_retry 0 switched the rule off");
-        let e = Config::parse("[events.global]\nmax_retry = 0\n", "cfg.toml").unwrap_err().to_string();
+        assert_eq!(
+            (c.events.per_vm.max_retry, c.events.per_vm.find_time),
+            (4, Duration::from_secs(300))
+        );
+        assert_eq!(
+            c.events.vms["web-1"].enabled,
+            Some(false),
+            "max_retry 0 switched the rule off"
+        );
+        let e = Config::parse("[events.global]\nmax_retry = 0\n", "cfg.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("events.global.max_retry"), "{e}");
-        let e = Config::parse("[events.per_vm]\nfind_time = \"soon\"\n", "cfg.toml").unwrap_err().to_string();
+        let e = Config::parse("[events.per_vm]\nfind_time = \"soon\"\n", "cfg.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("soon"), "{e}");
     }
 
@@ -274,18 +305,34 @@ mod tests {
                 && e.contains("api.tokens[2] (name \"win-agents\"): an agent token must name its VM: add vm_id = \"...\""),
             "{e}"
         );
-        let fixed = format!("{tokens}vm_id = \"win-2\"\n[api.events_rate_limit]\nper_second = 0.5\nburst = 4\n");
+        let fixed = format!(
+            "{tokens}vm_id = \"win-2\"\n[api.events_rate_limit]\nper_second = 0.5\nburst = 4\n"
+        );
         let c = Config::parse(&fixed, "cfg.toml").unwrap();
         assert_eq!(c.api.tokens[2].vm_id.as_deref(), Some("win-2"));
-        assert_eq!((c.api.events_rate_limit.per_second, c.api.events_rate_limit.burst), (0.5, 4));
-        assert_eq!(Config::parse("", "x").unwrap().api.events_rate_limit.burst, 20, "default burst");
-        let e = Config::parse("[api.events_rate_limit]\nper_second = 0\n", "cfg.toml").unwrap_err().to_string();
+        assert_eq!(
+            (
+                c.api.events_rate_limit.per_second,
+                c.api.events_rate_limit.burst
+            ),
+            (0.5, 4)
+        );
+        assert_eq!(
+            Config::parse("", "x").unwrap().api.events_rate_limit.burst,
+            20,
+            "default burst"
+        );
+        let e = Config::parse("[api.events_rate_limit]\nper_second = 0\n", "cfg.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("api.events_rate_limit.per_second"), "{e}");
     }
 
     #[test]
     fn zero_size_is_refused() {
-        let e = Config::parse("[datapath]\nflows_max = 0\n", "c").unwrap_err().to_string();
+        let e = Config::parse("[datapath]\nflows_max = 0\n", "c")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("datapath.flows_max"), "{e}");
     }
 }

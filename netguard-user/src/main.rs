@@ -149,11 +149,16 @@ fn main() {
         Command::Run(args) => run::run(args),
         Command::Block { api, cmd } => client_command(&api, Some(cmd)),
         Command::Status(api) => client_command(&api, None),
-        Command::Train(args) => netguard_user::train::run(&args).map(|_| ()).map_err(Into::into),
+        Command::Train(args) => netguard_user::train::run(&args)
+            .map(|_| ())
+            .map_err(Into::into),
     };
     if let Err(e) = result {
         // As `main() -> Result` would print it, but a Redis URL anywhere in the chain loses its password.
-        eprintln!("Error: {}", netguard_store::url::redact_text(&format!("{e:?}")));
+        eprintln!(
+            "Error: {}",
+            netguard_store::url::redact_text(&format!("{e:?}"))
+        );
         std::process::exit(1);
     }
 }

@@ -113,7 +113,11 @@ pub fn announce(url: &str, origin: &Origin) {
             && meta.permissions().mode() & 0o077 != 0
             && netguard_store::url::has_credentials(url)
         {
-            log::warn!("{} holds a Redis password and others may read it: chmod 600 {}", path.display(), path.display());
+            log::warn!(
+                "{} holds a Redis password and others may read it: chmod 600 {}",
+                path.display(),
+                path.display()
+            );
         }
     }
     log::info!("Redis store at {} (from {origin})", redact_url(url));
@@ -133,13 +137,34 @@ mod tests {
             ..StoreConfig::default()
         };
         let env = || Some("redis://env:1".to_owned());
-        let r = |flag, flag_file, env, store: &StoreConfig| resolve(flag, flag_file, env, store).unwrap();
-        assert_eq!(r(Some("redis://flag:1"), Some(&file), env(), &store), Some(("redis://flag:1".into(), Origin::Flag)));
-        assert_eq!(r(None, Some(&file), env(), &store), Some(("rediss://:pw@h:6380/0".into(), Origin::FlagFile(file.clone()))));
-        assert_eq!(r(None, None, env(), &store), Some(("redis://env:1".into(), Origin::Env)));
-        assert_eq!(r(None, None, Some("  ".into()), &store), Some(("redis://cfg:1".into(), Origin::Config)), "blank env is unset");
+        let r = |flag, flag_file, env, store: &StoreConfig| {
+            resolve(flag, flag_file, env, store).unwrap()
+        };
+        assert_eq!(
+            r(Some("redis://flag:1"), Some(&file), env(), &store),
+            Some(("redis://flag:1".into(), Origin::Flag))
+        );
+        assert_eq!(
+            r(None, Some(&file), env(), &store),
+            Some((
+                "rediss://:pw@h:6380/0".into(),
+                Origin::FlagFile(file.clone())
+            ))
+        );
+        assert_eq!(
+            r(None, None, env(), &store),
+            Some(("redis://env:1".into(), Origin::Env))
+        );
+        assert_eq!(
+            r(None, None, Some("  ".into()), &store),
+            Some(("redis://cfg:1".into(), Origin::Config)),
+            "blank env is unset"
+        );
         store.redis_url_file = Some(file.clone());
-        assert_eq!(r(None, None, None, &store).unwrap().1, Origin::ConfigFile(file.clone()));
+        assert_eq!(
+            r(None, None, None, &store).unwrap().1,
+            Origin::ConfigFile(file.clone())
+        );
         assert_eq!(r(None, None, None, &StoreConfig::default()), None);
     }
 
@@ -147,11 +172,18 @@ mod tests {
     fn file_errors_name_the_file_and_never_the_url() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.url");
-        let e = resolve(None, Some(&missing), None, &StoreConfig::default()).unwrap_err().to_string();
-        assert!(e.contains("missing.url") && e.contains("--redis-url-file"), "{e}");
+        let e = resolve(None, Some(&missing), None, &StoreConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing.url") && e.contains("--redis-url-file"),
+            "{e}"
+        );
         let empty = dir.path().join("empty.url");
         std::fs::write(&empty, "\n\n").unwrap();
-        let e = resolve(None, Some(&empty), None, &StoreConfig::default()).unwrap_err().to_string();
+        let e = resolve(None, Some(&empty), None, &StoreConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("empty.url") && e.contains("empty"), "{e}");
     }
 }

@@ -15,10 +15,10 @@ use netguard_user::{
     api,
     config::Config,
     control::{Control, ControlConfig, PushEvent},
-    events::Events,
     datapath::{Datapath, EventStream, flow_dst, flow_src},
-    metrics::Metrics,
+    events::Events,
     hostevents::{self, HostEvent, HostEventKind},
+    metrics::Metrics,
     sensor::{SensorLoop, load_model},
     trust::{self, Trust, refresh::RefreshContext},
 };
@@ -54,9 +54,12 @@ fn settings(args: &RunArgs) -> Result<Settings> {
         None => Config::default(),
     };
     let redis_env = std::env::var(netguard_user::redis_url::REDIS_URL_ENV).ok();
-    if let Some((url, origin)) =
-        netguard_user::redis_url::resolve(args.redis.as_deref(), args.redis_url_file.as_deref(), redis_env, &config.store)?
-    {
+    if let Some((url, origin)) = netguard_user::redis_url::resolve(
+        args.redis.as_deref(),
+        args.redis_url_file.as_deref(),
+        redis_env,
+        &config.store,
+    )? {
         netguard_user::redis_url::announce(&url, &origin);
         config.store.redis = Some(url);
     }
@@ -75,26 +78,44 @@ fn settings(args: &RunArgs) -> Result<Settings> {
     let geoip = match &config.api.geoip_db {
         Some(path) => {
             let db = netguard_user::geo::GeoDb::open(path)?;
-            log::info!("GeoIP: {} ({}) for /api/v1/geo-attacks", path.display(), db.database_type());
+            log::info!(
+                "GeoIP: {} ({}) for /api/v1/geo-attacks",
+                path.display(),
+                db.database_type()
+            );
             Some(Arc::new(db))
         }
         None => None,
     };
-    let api_tls = config.api.tls().context("cannot serve the API over HTTPS")?;
+    let api_tls = config
+        .api
+        .tls()
+        .context("cannot serve the API over HTTPS")?;
     if args.dry_run {
         config.detect.response.dry_run = true;
     }
     if let Some(m) = &args.model {
         config.detect.model = Some(m.clone());
     }
-    config.detect.validate().context("invalid [detect] configuration")?;
-    let sensor_id = args.sensor_id.clone().or_else(|| config.sensor_id.clone()).unwrap_or_else(hostname);
-    netguard_store::types::validate_sensor_id(&sensor_id).with_context(|| format!("invalid sensor id `{sensor_id}` (--sensor-id)"))?;
+    config
+        .detect
+        .validate()
+        .context("invalid [detect] configuration")?;
+    let sensor_id = args
+        .sensor_id
+        .clone()
+        .or_else(|| config.sensor_id.clone())
+        .unwrap_or_else(hostname);
+    netguard_store::types::validate_sensor_id(&sensor_id)
+        .with_context(|| format!("invalid sensor id `{sensor_id}` (--sensor-id)"))?;
     Ok(Settings {
         config,
         sensor_id,
         record_features: args.record_features.clone(),
-        auth_log: args.auth_log.clone().or_else(netguard_user::hostevents::default_auth_log),
+        auth_log: args
+            .auth_log
+            .clone()
+            .or_else(netguard_user::hostevents::default_auth_log),
         auth_log_from_start: args.auth_log_from_start,
         auth_log_format: args.auth_log_format,
         geoip,
@@ -105,11 +126,15 @@ fn settings(args: &RunArgs) -> Result<Settings> {
 pub fn run(args: RunArgs) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("netguard run must be started as root: loading and attaching XDP needs CAP_BPF and CAP_NET_ADMIN");
+        bail!(
+            "netguard run must be started as root: loading and attaching XDP needs CAP_BPF and CAP_NET_ADMIN"
+        );
     }
     let s = settings(&args)?;
     let mut dp = Datapath::load(&s.config.datapath).context("could not load the XDP datapath")?;
-    let mode = dp.attach(&args.iface, args.xdp_mode).with_context(|| format!("could not attach to {}", args.iface))?;
+    let mode = dp
+        .attach(&args.iface, args.xdp_mode)
+        .with_context(|| format!("could not attach to {}", args.iface))?;
     log::info!(
         "attached to {} in {} mode as sensor `{}` (flows max {}, blocklist v4 max {})",
         args.iface,
@@ -152,12 +177,21 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     netguard_user::statedir::secure(&state_dir)?;
     // On a shared Redis the lists are also kept in a local snapshot; with one, a Redis that is down
     // at start no longer stops the daemon: it enforces the snapshot and reconciles later.
-    let snapshot = s.config.store.redis.is_some().then(|| state_dir.join(netguard_user::control::SNAPSHOT_FILE));
+    let snapshot = s
+        .config
+        .store
+        .redis
+        .is_some()
+        .then(|| state_dir.join(netguard_user::control::SNAPSHOT_FILE));
     store_opts.start_unreachable = snapshot.as_ref().is_some_and(|p| p.exists());
-    let store = netguard_store::open(&store_opts).await.context("could not open the state store")?;
+    let store = netguard_store::open(&store_opts)
+        .await
+        .context("could not open the state store")?;
     log::info!("state store: {}", store.backend_name());
     // Writes the last shutdown could not deliver go first, so the restore below includes them.
-    if let Some(what) = netguard_user::statedir::replay_unwritten(&state_dir, store.as_ref()).await? {
+    if let Some(what) =
+        netguard_user::statedir::replay_unwritten(&state_dir, store.as_ref()).await?
+    {
         log::info!("replayed the store writes kept at the last shutdown: {what}");
     }
 
@@ -193,7 +227,11 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     .context("could not restore the blocklist and allowlist from the store")?;
     {
         let d = dp.lock().expect("datapath lock poisoned");
-        log::info!("restored {} blocklist and {} allowlist entries into the kernel", d.blocklist.len(), d.allowlist.len());
+        log::info!(
+            "restored {} blocklist and {} allowlist entries into the kernel",
+            d.blocklist.len(),
+            d.allowlist.len()
+        );
     }
 
     let metrics = Arc::new(Metrics::new());
@@ -202,12 +240,19 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         .register(Box::new(control.capped_counter()))
         .expect("netguard_response_capped_total registered once");
     for c in control.counters() {
-        metrics.registry().register(Box::new(c)).expect("control counters registered once");
+        metrics
+            .registry()
+            .register(Box::new(c))
+            .expect("control counters registered once");
     }
     tokio::spawn(count_alerts(control.clone(), metrics.clone()));
 
-    let (tokens, origin) = api::Tokens::load(&s.config.api, std::env::var(api::auth::ADMIN_TOKEN_ENV).ok(), &s.config.store.state_dir)
-        .context("could not set up API tokens")?;
+    let (tokens, origin) = api::Tokens::load(
+        &s.config.api,
+        std::env::var(api::auth::ADMIN_TOKEN_ENV).ok(),
+        &s.config.store.state_dir,
+    )
+    .context("could not set up API tokens")?;
     match origin {
         api::AdminToken::File { path, created } => log::info!(
             "admin token {} {} (send it as `Authorization: Bearer ...`, or export NETGUARD_TOKEN for the CLI)",
@@ -217,9 +262,19 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         other => log::info!("admin token from {other:?}"),
     }
     netguard_user::statedir::secure_new_files(&state_dir)?;
-    let mut state = api::ApiState::new(control.clone(), metrics.clone(), Arc::new(tokens), &s.config.api);
+    let mut state = api::ApiState::new(
+        control.clone(),
+        metrics.clone(),
+        Arc::new(tokens),
+        &s.config.api,
+    );
     // One host-event engine for the API and the auth-log fast path, so both count into one tracker.
-    let host_events = Events::new(control.clone(), metrics.clone(), s.config.events.clone(), s.config.detect.response.dry_run);
+    let host_events = Events::new(
+        control.clone(),
+        metrics.clone(),
+        s.config.events.clone(),
+        s.config.detect.response.dry_run,
+    );
     let replayed = host_events.restore_counts().await;
     if replayed > 0 {
         log::info!("failed-login counts restored from {replayed} stored host event(s)");
@@ -231,16 +286,27 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     let listen = s.config.api.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen}: pick another address with --listen"))?;
+        .with_context(|| {
+            format!("cannot listen on {listen}: pick another address with --listen")
+        })?;
     if !listen.ip().is_loopback() {
-        log::warn!("the API listens on {listen}, which is not loopback: make sure only trusted networks reach it");
+        log::warn!(
+            "the API listens on {listen}, which is not loopback: make sure only trusted networks reach it"
+        );
     }
     let scheme = if s.api_tls.is_some() { "https" } else { "http" };
-    log::info!("REST, WebSocket and /metrics on {scheme}://{listen} (OpenAPI at /api/v1/openapi.json)");
+    log::info!(
+        "REST, WebSocket and /metrics on {scheme}://{listen} (OpenAPI at /api/v1/openapi.json)"
+    );
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve_with(listener, s.api_tls.clone(), state, async move {
-        let _ = api_stopped.await;
-    }));
+    let server = tokio::spawn(api::serve_with(
+        listener,
+        s.api_tls.clone(),
+        state,
+        async move {
+            let _ = api_stopped.await;
+        },
+    ));
 
     let events = dp
         .lock()
@@ -251,22 +317,42 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     let new_flows = Arc::new(AtomicU64::new(0));
     let reader = tokio::spawn(read_events(events, control.clone(), new_flows.clone()));
 
-    let model = load_model(s.config.detect.model.as_deref()).context("could not load the detection model")?;
+    let model = load_model(s.config.detect.model.as_deref())
+        .context("could not load the detection model")?;
     match &model {
-        Some(_) => log::info!("detection: decision tree + threshold rules{}", if s.config.detect.response.dry_run { " (dry run: alerts only)" } else { "" }),
-        None => log::warn!("detection: no model found, threshold rules only (make one with `cargo xtask lab` and `cargo xtask train`)"),
+        Some(_) => log::info!(
+            "detection: decision tree + threshold rules{}",
+            if s.config.detect.response.dry_run {
+                " (dry run: alerts only)"
+            } else {
+                ""
+            }
+        ),
+        None => log::warn!(
+            "detection: no model found, threshold rules only (make one with `cargo xtask lab` and `cargo xtask train`)"
+        ),
     }
-    let mut sensor = SensorLoop::new(&s.config.detect, &s.sensor_id, model, dp.clone(), control.clone());
+    let mut sensor = SensorLoop::new(
+        &s.config.detect,
+        &s.sensor_id,
+        model,
+        dp.clone(),
+        control.clone(),
+    );
     sensor.export_metrics(&metrics);
     sensor.set_trust(trust.clone());
     if let Some(path) = &s.record_features {
-        sensor.record_to(path).with_context(|| format!("cannot write feature records to {}", path.display()))?;
+        sensor
+            .record_to(path)
+            .with_context(|| format!("cannot write feature records to {}", path.display()))?;
         log::info!("recording feature vectors to {}", path.display());
     }
     let auth_events = match &s.auth_log {
         Some(path) => {
             let (tx, rx) = tokio::sync::mpsc::channel(4096);
-            let opts = hostevents::AuthLogOptions::default().from_start(s.auth_log_from_start).format(s.auth_log_format);
+            let opts = hostevents::AuthLogOptions::default()
+                .from_start(s.auth_log_from_start)
+                .format(s.auth_log_format);
             let offsets = hostevents::StoreOffsets::new(control.store().clone(), path);
             // The handle stops the tailer when dropped: keep it for the daemon's lifetime. Its
             // position moves only past lines the consumer below has counted.
@@ -275,7 +361,11 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
             // Fast path: each event is counted (and blocked on) as it arrives, then handed on to the
             // detector's failed-login features.
             let (to_detector, rx_detector) = tokio::sync::mpsc::channel(4096);
-            let consumer = tokio::spawn(host_events.clone().follow_authlog_counted(rx, Some(to_detector), Some(counted)));
+            let consumer = tokio::spawn(host_events.clone().follow_authlog_counted(
+                rx,
+                Some(to_detector),
+                Some(counted),
+            ));
             log::info!("following {} for failed logins", path.display());
             Some((handle, consumer, rx_detector))
         }
@@ -302,29 +392,47 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     if let Some((tail, consumer)) = authlog {
         // The tailer waits for the consumer to count what it was sent, then saves its position.
         tail.stop().await;
-        if tokio::time::timeout(Duration::from_secs(5), consumer).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), consumer)
+            .await
+            .is_err()
+        {
             log::warn!("auth-log consumer did not finish within 5 s");
         }
     }
-    flush_store(control.store().as_ref(), &state_dir, s.config.store.shutdown_flush).await;
+    flush_store(
+        control.store().as_ref(),
+        &state_dir,
+        s.config.store.shutdown_flush,
+    )
+    .await;
     result
 }
 
 /// Delivers the writes queued during a store outage within `wait`; keeps the rest in the state
 /// dir for the next start, and says exactly what they are.
-async fn flush_store(store: &dyn netguard_store::Store, state_dir: &std::path::Path, wait: Duration) {
+async fn flush_store(
+    store: &dyn netguard_store::Store,
+    state_dir: &std::path::Path,
+    wait: Duration,
+) {
     let queued = store.queued_writes();
     if queued == 0 {
         return;
     }
-    log::info!("delivering {queued} queued store write(s) (up to {})", humantime::format_duration(wait));
+    log::info!(
+        "delivering {queued} queued store write(s) (up to {})",
+        humantime::format_duration(wait)
+    );
     match tokio::time::timeout(wait, store.flush()).await {
         Ok(Ok(())) => {
             log::info!("store write queue delivered");
             return;
         }
         Ok(Err(e)) => log::warn!("store still unreachable: {e}"),
-        Err(_) => log::warn!("store write queue not delivered within {}", humantime::format_duration(wait)),
+        Err(_) => log::warn!(
+            "store write queue not delivered within {}",
+            humantime::format_duration(wait)
+        ),
     }
     let left = store.take_queued().await;
     if left.is_empty() {
@@ -332,14 +440,22 @@ async fn flush_store(store: &dyn netguard_store::Store, state_dir: &std::path::P
     }
     let what = netguard_store::resilient::describe(&left);
     match netguard_user::statedir::keep_unwritten(state_dir, left) {
-        Ok(path) => log::warn!("not written to the store: {what}; kept in {} and replayed at the next start", path.display()),
+        Ok(path) => log::warn!(
+            "not written to the store: {what}; kept in {} and replayed at the next start",
+            path.display()
+        ),
         Err(e) => log::error!("LOST store writes: {what}: {e}"),
     }
 }
 
 /// The detection loop: one tick per second (the features' short window). Failed logins from the auth
 /// log feed the failed-auth feature between ticks.
-async fn detect(mut sensor: SensorLoop, flows_now: Arc<AtomicU64>, mut auth: Option<tokio::sync::mpsc::Receiver<HostEvent>>, trust: Trust) {
+async fn detect(
+    mut sensor: SensorLoop,
+    flows_now: Arc<AtomicU64>,
+    mut auth: Option<tokio::sync::mpsc::Receiver<HostEvent>>,
+    trust: Trust,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Between ticks, a look at the kernel's pass counter: a surge closes the window early.
@@ -375,7 +491,12 @@ async fn detect(mut sensor: SensorLoop, flows_now: Arc<AtomicU64>, mut auth: Opt
             Ok(r) => {
                 flows_now.store(r.flows as u64, Ordering::Relaxed);
                 if r.alerts > 0 {
-                    log::info!("detection: {} alert(s), {} block(s) from {} source window(s)", r.alerts, r.blocks, r.vectors);
+                    log::info!(
+                        "detection: {} alert(s), {} block(s) from {} source window(s)",
+                        r.alerts,
+                        r.blocks,
+                        r.vectors
+                    );
                 }
             }
             Err(e) => log::error!("detection tick failed: {e}"),
@@ -390,7 +511,9 @@ async fn count_alerts(control: Control, metrics: Arc<Metrics>) {
         match rx.recv().await {
             Ok(PushEvent::Alert(a)) => metrics.inc_alert(&a.class),
             Ok(_) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => log::warn!("alert counter missed {n} events"),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                log::warn!("alert counter missed {n} events")
+            }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
@@ -413,7 +536,9 @@ async fn read_events(mut events: EventStream, control: Control, new_flows: Arc<A
                 }
                 event_kind::BLOCK_HIT => {
                     let (src, dst) = (flow_src(&ev.key), flow_dst(&ev.key));
-                    control.on_block_hit(src, dst, ev.key.dst_port, ev.key.proto).await;
+                    control
+                        .on_block_hit(src, dst, ev.key.dst_port, ev.key.proto)
+                        .await;
                 }
                 _ => {}
             }
@@ -483,7 +608,14 @@ async fn summarise(
 }
 
 /// One line: rates since the previous sample, then totals.
-pub fn summary(c: &Counters, prev: Option<&(Instant, Counters)>, now: Instant, flows: usize, blocked: usize, events: u64) -> String {
+pub fn summary(
+    c: &Counters,
+    prev: Option<&(Instant, Counters)>,
+    now: Instant,
+    flows: usize,
+    blocked: usize,
+    events: u64,
+) -> String {
     let rate = |k: Counter| match prev {
         Some((t, p)) => {
             let dt = now.duration_since(*t).as_secs_f64().max(1e-3);

@@ -20,7 +20,10 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 use crate::{
     control::{Control, ControlError},
     datapath::Datapath,
-    detect::{DetectConfig, Detector, Extractor, ExtractorStats, FeatureVector, Model, mono_coarse_now_ns, record_row, write_record_header},
+    detect::{
+        DetectConfig, Detector, Extractor, ExtractorStats, FeatureVector, Model,
+        mono_coarse_now_ns, record_row, write_record_header,
+    },
     metrics::Metrics,
 };
 
@@ -71,36 +74,63 @@ impl SensorMetrics {
             c
         };
         let tick_seconds = Histogram::with_opts(
-            HistogramOpts::new("netguard_detect_tick_seconds", "Time one detection tick takes: read the flow table, close the windows, evaluate.")
-                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            HistogramOpts::new(
+                "netguard_detect_tick_seconds",
+                "Time one detection tick takes: read the flow table, close the windows, evaluate.",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
         )
         .expect("valid histogram");
-        r.register(Box::new(tick_seconds.clone())).expect("registered once");
+        r.register(Box::new(tick_seconds.clone()))
+            .expect("registered once");
         let decisions = IntCounterVec::new(
             Opts::new("netguard_detect_decisions_total", "Detector verdicts that raised an alert, by class and outcome (blocked, alerted, refused)."),
             &["class", "outcome"],
         )
         .expect("valid counter vec");
-        r.register(Box::new(decisions.clone())).expect("registered once");
+        r.register(Box::new(decisions.clone()))
+            .expect("registered once");
         let rejected = IntCounterVec::new(
             Opts::new("netguard_detect_verdicts_rejected_total", "Verdicts (model or rule) that their class's defining evidence contradicts: never acted on, by class."),
             &["class"],
         )
         .expect("valid counter vec");
-        r.register(Box::new(rejected.clone())).expect("registered once");
-        for class in crate::metrics::ALERT_CLASSES.iter().filter(|c| **c != "blocklist_hit") {
+        r.register(Box::new(rejected.clone()))
+            .expect("registered once");
+        for class in crate::metrics::ALERT_CLASSES
+            .iter()
+            .filter(|c| **c != "blocklist_hit")
+        {
             for outcome in ["blocked", "alerted", "refused"] {
                 decisions.with_label_values(&[class, outcome]);
             }
             rejected.with_label_values(&[class]);
         }
         Self {
-            sources_tracked: g("netguard_detect_sources_tracked", "Sources with their own feature windows now."),
-            sources_max: g("netguard_detect_sources_max", "Cap on sources with their own windows (detect.features.max_sources)."),
-            evicted: c("netguard_detect_sources_evicted_total", "Sources that lost (or never got) their own windows because of the cap."),
-            overflow_sources: g("netguard_detect_overflow_sources", "Distinct sources folded into the overflow aggregate in the last tick (estimate); nonzero under spoofed-source floods."),
-            overflow_total: c("netguard_detect_overflow_sources_total", "Sum of netguard_detect_overflow_sources over all ticks."),
-            vectors: c("netguard_detect_vectors_total", "Per-source feature vectors evaluated."),
+            sources_tracked: g(
+                "netguard_detect_sources_tracked",
+                "Sources with their own feature windows now.",
+            ),
+            sources_max: g(
+                "netguard_detect_sources_max",
+                "Cap on sources with their own windows (detect.features.max_sources).",
+            ),
+            evicted: c(
+                "netguard_detect_sources_evicted_total",
+                "Sources that lost (or never got) their own windows because of the cap.",
+            ),
+            overflow_sources: g(
+                "netguard_detect_overflow_sources",
+                "Distinct sources folded into the overflow aggregate in the last tick (estimate); nonzero under spoofed-source floods.",
+            ),
+            overflow_total: c(
+                "netguard_detect_overflow_sources_total",
+                "Sum of netguard_detect_overflow_sources over all ticks.",
+            ),
+            vectors: c(
+                "netguard_detect_vectors_total",
+                "Per-source feature vectors evaluated.",
+            ),
             tick_seconds,
             decisions,
             rejected,
@@ -111,12 +141,19 @@ impl SensorMetrics {
 
     fn observe(&mut self, r: &TickReport, seconds: f64) {
         let s = &r.extractor;
-        self.sources_tracked.set(i64::try_from(s.tracked_sources).unwrap_or(i64::MAX));
-        self.sources_max.set(i64::try_from(s.max_sources).unwrap_or(i64::MAX));
-        self.overflow_sources.set(i64::try_from(s.overflow_sources).unwrap_or(i64::MAX));
-        self.evicted.inc_by(s.evicted_total.saturating_sub(self.last_evicted));
+        self.sources_tracked
+            .set(i64::try_from(s.tracked_sources).unwrap_or(i64::MAX));
+        self.sources_max
+            .set(i64::try_from(s.max_sources).unwrap_or(i64::MAX));
+        self.overflow_sources
+            .set(i64::try_from(s.overflow_sources).unwrap_or(i64::MAX));
+        self.evicted
+            .inc_by(s.evicted_total.saturating_sub(self.last_evicted));
         self.last_evicted = s.evicted_total;
-        self.overflow_total.inc_by(s.overflow_sources_total.saturating_sub(self.last_overflow_total));
+        self.overflow_total.inc_by(
+            s.overflow_sources_total
+                .saturating_sub(self.last_overflow_total),
+        );
         self.last_overflow_total = s.overflow_sources_total;
         self.vectors.inc_by(r.vectors as u64);
         self.tick_seconds.observe(seconds);
@@ -170,7 +207,9 @@ impl SurgeTrigger {
 
     /// Whether the open window should close now, given the kernel's totals at `at`.
     pub fn surging(&self, at: Instant, totals: [u64; 2]) -> bool {
-        let Some((t, prev)) = self.last_close else { return false };
+        let Some((t, prev)) = self.last_close else {
+            return false;
+        };
         let open = at.saturating_duration_since(t);
         if self.min_pps <= 0.0 || open < Self::MIN_WINDOW {
             return false;
@@ -185,7 +224,11 @@ impl SurgeTrigger {
 
 /// One line per alert in the daemon's log (at most one per source and class per cooldown).
 fn log_alert(a: &netguard_store::Alert) {
-    let via = a.evidence.get("rule").and_then(|r| r.as_str()).unwrap_or("model");
+    let via = a
+        .evidence
+        .get("rule")
+        .and_then(|r| r.as_str())
+        .unwrap_or("model");
     let target = match (a.dst_ip, a.dst_port) {
         (Some(ip), Some(port)) => format!(" -> {ip}:{port}"),
         (Some(ip), None) => format!(" -> {ip}"),
@@ -193,7 +236,14 @@ fn log_alert(a: &netguard_store::Alert) {
     };
     log::info!(
         "alert: {} from {}{target} ({}, risk {}, {} {:.2}, {}, x{})",
-        a.class, a.src_ip, a.mitre, a.risk, via, a.confidence, a.action, a.count
+        a.class,
+        a.src_ip,
+        a.mitre,
+        a.risk,
+        via,
+        a.confidence,
+        a.action,
+        a.count
     );
 }
 
@@ -219,7 +269,13 @@ pub fn load_model(explicit: Option<&Path>) -> Result<Option<Model>, crate::detec
 }
 
 impl SensorLoop {
-    pub fn new(cfg: &DetectConfig, sensor_id: &str, model: Option<Model>, dp: Arc<Mutex<Datapath>>, control: Control) -> Self {
+    pub fn new(
+        cfg: &DetectConfig,
+        sensor_id: &str,
+        model: Option<Model>,
+        dp: Arc<Mutex<Datapath>>,
+        control: Control,
+    ) -> Self {
         Self {
             surge: SurgeTrigger::new(cfg.surge_pps),
             metrics: None,
@@ -268,7 +324,8 @@ impl SensorLoop {
     /// Whether traffic surged since the last window closed, so that the caller should tick now (one
     /// per-CPU counter lookup; cheap enough for every 100 ms).
     pub fn surging(&self) -> bool {
-        self.totals().is_some_and(|t| self.surge.surging(Instant::now(), t))
+        self.totals()
+            .is_some_and(|t| self.surge.surging(Instant::now(), t))
     }
 
     pub async fn tick(&mut self) -> Result<TickReport, crate::datapath::DatapathError> {
@@ -290,7 +347,10 @@ impl SensorLoop {
         let (flows, vectors) = tokio::task::block_in_place(|| {
             let flows = self.dp.lock().expect("datapath lock poisoned").flows()?;
             self.extractor.observe_flows(&flows, mono_coarse_now_ns());
-            Ok::<_, crate::datapath::DatapathError>((flows, self.extractor.close_window(Utc::now())))
+            Ok::<_, crate::datapath::DatapathError>((
+                flows,
+                self.extractor.close_window(Utc::now()),
+            ))
         })?;
         let mut report = TickReport {
             flows: flows.len(),
@@ -307,24 +367,49 @@ impl SensorLoop {
         if self.ticks % 10 == 1
             && let Ok((_, allow)) = self.control.list(ListKind::Allow, 0, usize::MAX).await
         {
-            self.detector.set_allowlist(allow.into_iter().filter(|v| v.enforced).map(|v| v.entry.cidr).collect());
+            self.detector.set_allowlist(
+                allow
+                    .into_iter()
+                    .filter(|v| v.enforced)
+                    .map(|v| v.entry.cidr)
+                    .collect(),
+            );
         }
         let decisions = self.detector.evaluate(&vectors);
         for r in self.detector.take_rejected() {
-            log::debug!("verdict rejected: {} from {} by {}: {}", r.class, r.src, r.by, r.why);
+            log::debug!(
+                "verdict rejected: {} from {} by {}: {}",
+                r.class,
+                r.src,
+                r.by,
+                r.why
+            );
             if let Some(m) = &self.metrics {
-                m.rejected.with_label_values(&[crate::metrics::alert_class_label(&r.class)]).inc();
+                m.rejected
+                    .with_label_values(&[crate::metrics::alert_class_label(&r.class)])
+                    .inc();
             }
         }
         for mut d in decisions {
-            let mut outcome = if d.refused.is_some() { "refused" } else { "alerted" };
+            let mut outcome = if d.refused.is_some() {
+                "refused"
+            } else {
+                "alerted"
+            };
             if let Some(b) = &d.block {
-                let until = chrono::Duration::from_std(b.ttl).ok().and_then(|t| Utc::now().checked_add_signed(t));
+                let until = chrono::Duration::from_std(b.ttl)
+                    .ok()
+                    .and_then(|t| Utc::now().checked_add_signed(t));
                 if let Some(e) = self.control.blocked_until(b.cidr.addr(), until).await {
                     // Already dropped here for at least as long (an event-path block at the N-th
                     // failed login, a manual or an earlier block): replacing it would only change
                     // its source and reason.
-                    d.alert.evidence.insert("already_blocked".into(), format!("{} (source {:?})", e.cidr, e.source).to_lowercase().into());
+                    d.alert.evidence.insert(
+                        "already_blocked".into(),
+                        format!("{} (source {:?})", e.cidr, e.source)
+                            .to_lowercase()
+                            .into(),
+                    );
                     if let Some(m) = &self.metrics {
                         m.decision(&d.alert.class, "blocked");
                     }
@@ -333,7 +418,11 @@ impl SensorLoop {
                     self.control.raise_alert(d.alert).await;
                     continue;
                 }
-                match self.control.put(ListKind::Block, &[b.to_request()], EntrySource::Auto).await {
+                match self
+                    .control
+                    .put(ListKind::Block, &[b.to_request()], EntrySource::Auto)
+                    .await
+                {
                     Ok(_) => {
                         report.blocks += 1;
                         outcome = "blocked";
@@ -350,13 +439,23 @@ impl SensorLoop {
                     Err(e) => {
                         // E.g. the source is allowlisted or never blocked: the alert stands, the
                         // block does not.
-                        if !matches!(e, ControlError::Invalid(_) | ControlError::NeverBlock { .. }) {
+                        if !matches!(
+                            e,
+                            ControlError::Invalid(_) | ControlError::NeverBlock { .. }
+                        ) {
                             log::warn!("auto-block of {} failed: {e}", b.cidr);
                         }
                         // Let the detector propose again later instead of believing the source blocked.
                         self.detector.forget_block(b.cidr.addr());
-                        d.alert.action = if matches!(e, ControlError::NeverBlock { .. }) { "refused" } else { "alerted" }.into();
-                        d.alert.evidence.insert("block_refused".into(), e.to_string().into());
+                        d.alert.action = if matches!(e, ControlError::NeverBlock { .. }) {
+                            "refused"
+                        } else {
+                            "alerted"
+                        }
+                        .into();
+                        d.alert
+                            .evidence
+                            .insert("block_refused".into(), e.to_string().into());
                         outcome = "refused";
                     }
                 }
@@ -372,8 +471,13 @@ impl SensorLoop {
     }
 
     fn record(&mut self, vectors: &[FeatureVector]) {
-        let Some(w) = self.recorder.as_mut() else { return };
-        let res = vectors.iter().try_for_each(|v| record_row(w, v)).and_then(|()| w.flush());
+        let Some(w) = self.recorder.as_mut() else {
+            return;
+        };
+        let res = vectors
+            .iter()
+            .try_for_each(|v| record_row(w, v))
+            .and_then(|()| w.flush());
         if let Err(e) = res {
             log::error!("feature recording stopped: {e}");
             self.recorder = None;
@@ -393,11 +497,20 @@ mod tests {
     fn a_surge_closes_the_window_early_once_and_only_when_loud() {
         let t0 = Instant::now();
         let mut s = SurgeTrigger::new(1000);
-        assert!(!s.surging(t0, [1_000_000, 0]), "nothing closed yet: no reference");
+        assert!(
+            !s.surging(t0, [1_000_000, 0]),
+            "nothing closed yet: no reference"
+        );
         s.closed(t0, [0, 0]);
-        assert!(!s.surging(ms(t0, 100), [500, 0]), "a window under 200 ms is never closed early");
+        assert!(
+            !s.surging(ms(t0, 100), [500, 0]),
+            "a window under 200 ms is never closed early"
+        );
         assert!(s.surging(ms(t0, 300), [600, 0]), "2000 pps from quiet");
-        assert!(!s.surging(ms(t0, 300), [200, 50]), "667 pps and 167 new flows/s are below the floors");
+        assert!(
+            !s.surging(ms(t0, 300), [200, 50]),
+            "667 pps and 167 new flows/s are below the floors"
+        );
         assert!(s.surging(ms(t0, 300), [200, 90]), "300 new flows/s: a scan");
 
         // Steady 2000 pps: not a surge; triple that is.
@@ -406,10 +519,16 @@ mod tests {
         assert!(s.surging(ms(t0, 1300), [4000, 12]));
         // After an early close, the surge is the baseline.
         s.closed(ms(t0, 1300), [4000, 12]);
-        assert!(!s.surging(ms(t0, 1600), [6000, 14]), "still 6667 pps: no second early close");
+        assert!(
+            !s.surging(ms(t0, 1600), [6000, 14]),
+            "still 6667 pps: no second early close"
+        );
 
         let mut off = SurgeTrigger::new(0);
         off.closed(t0, [0, 0]);
-        assert!(!off.surging(ms(t0, 500), [1_000_000, 1_000_000]), "0 turns it off");
+        assert!(
+            !off.surging(ms(t0, 500), [1_000_000, 1_000_000]),
+            "0 turns it off"
+        );
     }
 }

@@ -59,13 +59,26 @@ impl Daemon {
     }
 
     /// [`Daemon::start`] in any namespace, on interface `iface` there.
-    pub fn start_in(ns: &str, iface: &str, state: &Path, api: &str, token: &str, extra: &[&str]) -> Daemon {
+    pub fn start_in(
+        ns: &str,
+        iface: &str,
+        state: &Path,
+        api: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Daemon {
         Self::launch(ns, iface, state, api, token, extra, Launch::default())
     }
 
     /// [`Daemon::start`] with no `NETGUARD_ADMIN_TOKEN`, so the daemon generates `admin.token` in
     /// `state` (which need not exist yet: the log goes to `log`); the token is read from there.
-    pub fn start_generating_token(lab: &NetnsPair, log: &Path, state: &Path, api: &str, extra: &[&str]) -> Daemon {
+    pub fn start_generating_token(
+        lab: &NetnsPair,
+        log: &Path,
+        state: &Path,
+        api: &str,
+        extra: &[&str],
+    ) -> Daemon {
         let how = Launch {
             log: Some(log.to_owned()),
             generate_token: true,
@@ -75,13 +88,32 @@ impl Daemon {
     }
 
     /// [`Daemon::start_in`] with extra environment and, for HTTPS, the CA curl trusts.
-    pub fn launch(ns: &str, iface: &str, state: &Path, api: &str, token: &str, extra: &[&str], how: Launch) -> Daemon {
-        let log = how.log.clone().unwrap_or_else(|| state.join("netguard.log"));
+    pub fn launch(
+        ns: &str,
+        iface: &str,
+        state: &Path,
+        api: &str,
+        token: &str,
+        extra: &[&str],
+        how: Launch,
+    ) -> Daemon {
+        let log = how
+            .log
+            .clone()
+            .unwrap_or_else(|| state.join("netguard.log"));
         let out = File::create(&log).expect("daemon log file");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns])
             .arg(netguard_bin())
-            .args(["run", "--iface", iface, "--xdp-mode", "skb", "--listen", api])
+            .args([
+                "run",
+                "--iface",
+                iface,
+                "--xdp-mode",
+                "skb",
+                "--listen",
+                api,
+            ])
             .args(["--summary-every", "60", "--state-dir"])
             .arg(state)
             .args(extra)
@@ -113,7 +145,8 @@ impl Daemon {
         }
         if how.generate_token {
             let file = state.join("admin.token");
-            let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let text = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             d.token = text.trim().to_owned();
         }
         d
@@ -121,7 +154,11 @@ impl Daemon {
 
     /// `http://ADDR` or `https://ADDR`.
     pub fn base_url(&self) -> String {
-        let scheme = if self.cacert.is_some() { "https" } else { "http" };
+        let scheme = if self.cacert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{}", self.api)
     }
 
@@ -150,7 +187,20 @@ impl Daemon {
         let auth = format!("Authorization: Bearer {}", self.token);
         let url = format!("{}{path}", self.base_url());
         let mut args = self.curl();
-        args.extend(["-w", "\n%{http_code}", "-H", &auth, "-H", "Content-Type: application/json", "--data-binary", body, &url].map(String::from));
+        args.extend(
+            [
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                &auth,
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+                &url,
+            ]
+            .map(String::from),
+        );
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = run_in(&self.ns, &args);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -19,7 +19,11 @@ fn openssl(dir: &Path, args: &[&str]) {
         .args(args)
         .output()
         .expect("openssl not found: apt-get install openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Pki {
@@ -28,15 +32,42 @@ impl Pki {
     pub fn new(names: &[&str]) -> Pki {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         let mut ca = vec!["req", "-x509"];
         ca.extend(ec);
-        ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=netguard test CA"]);
-        ca.extend(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=netguard test CA",
+        ]);
+        ca.extend([
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
         openssl(d, &ca);
         let mut csr = vec!["req"];
         csr.extend(ec);
-        csr.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=netguard test server"]);
+        csr.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=netguard test server",
+        ]);
         openssl(d, &csr);
         let ext = format!(
             "subjectAltName={}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
@@ -45,10 +76,20 @@ impl Pki {
         std::fs::write(d.join("server.ext"), ext).expect("write ext");
         openssl(
             d,
-            &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"]
-                .into_iter()
-                .chain(["-out", "server.pem", "-days", "2", "-extfile", "server.ext"])
-                .collect::<Vec<_>>(),
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+            ]
+            .into_iter()
+            .chain(["-out", "server.pem", "-days", "2", "-extfile", "server.ext"])
+            .collect::<Vec<_>>(),
         );
         Pki {
             ca: d.join("ca.pem"),
@@ -63,7 +104,11 @@ impl Pki {
         let path = self.dir.path().join("netguard.toml");
         std::fs::write(
             &path,
-            format!("[api]\ntls_cert = {:?}\ntls_key = {:?}\n", self.cert.display().to_string(), self.key.display().to_string()),
+            format!(
+                "[api]\ntls_cert = {:?}\ntls_key = {:?}\n",
+                self.cert.display().to_string(),
+                self.key.display().to_string()
+            ),
         )
         .expect("write config");
         path

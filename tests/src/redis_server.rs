@@ -17,7 +17,11 @@ pub struct RedisServer {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl RedisServer {
@@ -65,7 +69,14 @@ impl RedisServer {
             None => Command::new("redis-server"),
         };
         let child = cmd
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", ""])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
             .arg(self.dir())
             .stdout(Stdio::null())
@@ -75,7 +86,11 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.answers() {
-            assert!(Instant::now() < deadline, "redis-server did not listen on port {} within 10 s", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on port {} within 10 s",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -83,7 +98,15 @@ impl RedisServer {
     fn answers(&self) -> bool {
         match &self.ns {
             Some(ns) => Command::new("ip")
-                .args(["netns", "exec", ns, "redis-cli", "-p", &self.port.to_string(), "ping"])
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "redis-cli",
+                    "-p",
+                    &self.port.to_string(),
+                    "ping",
+                ])
                 .output()
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG")),
             None => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
@@ -101,7 +124,11 @@ impl RedisServer {
             }
             None => Command::new("redis-cli"),
         };
-        let out = cmd.args(["-p", &port]).args(args).output().expect("redis-cli runs");
+        let out = cmd
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -159,15 +186,34 @@ impl TlsRedis {
     fn spawn(&mut self) {
         let port = self.port.to_string();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns, "redis-server", "--bind", "127.0.0.1", "--port", "0", "--tls-port", &port])
-            .arg("--tls-cert-file")
-            .arg(&self.cert)
-            .arg("--tls-key-file")
-            .arg(&self.key)
-            .arg("--tls-ca-cert-file")
-            .arg(&self.ca)
-            .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "yes", "--dir"])
-            .arg(self.dir.path());
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ns,
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+        ])
+        .arg("--tls-cert-file")
+        .arg(&self.cert)
+        .arg("--tls-key-file")
+        .arg(&self.key)
+        .arg("--tls-ca-cert-file")
+        .arg(&self.ca)
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--dir",
+        ])
+        .arg(self.dir.path());
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
@@ -180,13 +226,24 @@ impl TlsRedis {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let out = Command::new("ip")
-                .args(["netns", "exec", &self.ns, "ss", "-Hltn", &format!("sport = :{port}")])
+                .args([
+                    "netns",
+                    "exec",
+                    &self.ns,
+                    "ss",
+                    "-Hltn",
+                    &format!("sport = :{port}"),
+                ])
                 .output()
                 .expect("ss runs");
             if !out.stdout.is_empty() {
                 return;
             }
-            assert!(Instant::now() < deadline, "redis-server (TLS) did not listen on port {port} in {} within 10 s", self.ns);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) did not listen on port {port} in {} within 10 s",
+                self.ns
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

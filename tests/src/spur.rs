@@ -20,7 +20,11 @@ pub struct Spur {
 
 fn must(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "`ip {}` failed: {out:?}", args.join(" "));
+    assert!(
+        out.status.success(),
+        "`ip {}` failed: {out:?}",
+        args.join(" ")
+    );
 }
 
 impl Spur {
@@ -28,12 +32,36 @@ impl Spur {
         let ns = format!("{}-f", lab.sensor.trim_end_matches("-s"));
         must(&["netns", "add", &ns]);
         let spur = Spur { ns: ns.clone() };
-        must(&["-n", &lab.sensor, "link", "add", SPUR_SENSOR_IF, "type", "veth", "peer", "name", SPUR_IF, "netns", &ns]);
-        for (n, dev) in [(lab.sensor.as_str(), SPUR_SENSOR_IF), (ns.as_str(), SPUR_IF)] {
+        must(&[
+            "-n",
+            &lab.sensor,
+            "link",
+            "add",
+            SPUR_SENSOR_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            SPUR_IF,
+            "netns",
+            &ns,
+        ]);
+        for (n, dev) in [
+            (lab.sensor.as_str(), SPUR_SENSOR_IF),
+            (ns.as_str(), SPUR_IF),
+        ] {
             must(&["-n", n, "link", "set", "lo", "up"]);
             must(&["-n", n, "link", "set", dev, "up"]);
         }
-        must(&["-n", &lab.sensor, "addr", "add", &format!("{SPUR_SENSOR_V4}/24"), "dev", SPUR_SENSOR_IF]);
+        must(&[
+            "-n",
+            &lab.sensor,
+            "addr",
+            "add",
+            &format!("{SPUR_SENSOR_V4}/24"),
+            "dev",
+            SPUR_SENSOR_IF,
+        ]);
         for a in SPUR_V4 {
             must(&["-n", &ns, "addr", "add", &format!("{a}/24"), "dev", SPUR_IF]);
         }
@@ -43,7 +71,9 @@ impl Spur {
     /// Waits until the sensor reaches `addr` (ARP settled), at most 5 s.
     pub fn reachable(&self, lab: &NetnsPair, addr: &str) -> bool {
         (0..25).any(|_| {
-            let ok = run_in(&lab.sensor, &["ping", "-c", "1", "-W", "1", "-n", addr]).status.success();
+            let ok = run_in(&lab.sensor, &["ping", "-c", "1", "-W", "1", "-n", addr])
+                .status
+                .success();
             if !ok {
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }

@@ -208,11 +208,19 @@ pub fn word_file(dir: &Path, name: &str, words: &[String]) -> PathBuf {
 pub struct Hydra(Child);
 
 impl Hydra {
-    pub fn start(ns: &str, cwd: &Path, words: &str, user: &str, v6: bool) -> std::io::Result<Hydra> {
+    pub fn start(
+        ns: &str,
+        cwd: &Path,
+        words: &str,
+        user: &str,
+        v6: bool,
+    ) -> std::io::Result<Hydra> {
         let target = hydra_target(v6);
         let child = Command::new("ip")
             .args(["netns", "exec", ns, "timeout", "-k", "2", "40"])
-            .args(["hydra", "-l", user, "-P", words, "-t", "1", "-w", "2", "-I", &target])
+            .args([
+                "hydra", "-l", user, "-P", words, "-t", "1", "-w", "2", "-I", &target,
+            ])
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

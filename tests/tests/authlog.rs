@@ -18,8 +18,8 @@ use netguard_tests::netns::{
 };
 use netguard_tests::sshd::{LabSshd, PORT, SSHD, TestUser, attack, hydra_target, word_file};
 use netguard_user::hostevents::{
-    AuthLog, AuthLogFormat, AuthLogOptions, HostEvent, HostEventKind as K, LineParser, MemoryOffsets,
-    spawn_authlog,
+    AuthLog, AuthLogFormat, AuthLogOptions, HostEvent, HostEventKind as K, LineParser,
+    MemoryOffsets, spawn_authlog,
 };
 use tokio::sync::mpsc;
 
@@ -50,7 +50,9 @@ impl Follow {
             let _inside = rt.enter();
             // From the start: the whole file is compared with what was read, also lines sshd wrote
             // before the tailer's first look.
-            let opts = AuthLogOptions::default().from_start(true).format(AuthLogFormat::SshdE);
+            let opts = AuthLogOptions::default()
+                .from_start(true)
+                .format(AuthLogFormat::SshdE);
             spawn_authlog(path, opts, MemoryOffsets::default(), tx)
         };
         let sink = Arc::clone(&events);

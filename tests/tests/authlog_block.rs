@@ -31,7 +31,7 @@ use std::{
 use netguard_tests::{
     daemon::Daemon,
     netns::{ATTACKER_V4, NetnsPair, SENSOR_V4, ping, require_root, require_tool, run_in_timeout},
-    sshd::{LabSshd, PORT, SSHD, TestUser, Hydra, word_file},
+    sshd::{Hydra, LabSshd, PORT, SSHD, TestUser, word_file},
 };
 
 const TOKEN: &str = "authlog-block-admin-token-0123456789";
@@ -212,8 +212,14 @@ fn hydra_is_blocked_in_the_kernel_on_the_fifth_failure() {
         &sensor,
         work.path().join("ping.txt"),
     );
-    let hydra = Hydra::start(&lab.attacker, work.path(), &words.to_string_lossy(), &user.name, false)
-        .expect("start hydra");
+    let hydra = Hydra::start(
+        &lab.attacker,
+        work.path(),
+        &words.to_string_lossy(),
+        &user.name,
+        false,
+    )
+    .expect("start hydra");
 
     // Wait for the block (source "event") to appear, bounded.
     let cidr = format!("{attacker}/32");
@@ -278,7 +284,10 @@ fn hydra_is_blocked_in_the_kernel_on_the_fifth_failure() {
     if after == 6 {
         let gap = match (times.get(4), times.get(5)) {
             (Some(fifth), Some(sixth)) => (sixth - fifth) * 1e3,
-            _ => panic!("6 failures in the log, but the watcher saw {}: {detail}", times.len()),
+            _ => panic!(
+                "6 failures in the log, but the watcher saw {}: {detail}",
+                times.len()
+            ),
         };
         assert!(
             gap < 100.0,

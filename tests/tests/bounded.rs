@@ -41,7 +41,11 @@ fn read_all(s: &mut TcpStream) -> String {
 
 /// Status code and body of a raw HTTP/1.1 answer.
 fn status_and_body(answer: &str) -> (u16, &str) {
-    let code = answer.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (code, answer.split_once("\r\n\r\n").map_or("", |(_, b)| b))
 }
 
@@ -78,7 +82,13 @@ fn the_api_refuses_what_would_exhaust_it() {
         ),
     )
     .unwrap();
-    let d = Daemon::start(&lab, state.path(), API, TOKEN, &["--config", config.to_str().unwrap()]);
+    let d = Daemon::start(
+        &lab,
+        state.path(),
+        API,
+        TOKEN,
+        &["--config", config.to_str().unwrap()],
+    );
     let _in_ns = lab.enter_sensor();
 
     // 1. A 15 MiB array of zeros (7.8 million items, under the 16 MiB body limit): 413 at item
@@ -104,16 +114,24 @@ fn the_api_refuses_what_would_exhaust_it() {
     let answer = read_all(&mut s);
     let (code, text) = status_and_body(&answer);
     assert_eq!(code, 413, "{answer}");
-    let err: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let err: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
     assert_eq!(err["field"], "items", "{err}");
     let (rss1, hwm1) = (status_kb(pid, "VmRSS"), status_kb(pid, "VmHWM"));
     eprintln!("oversized /events: VmRSS {rss0} -> {rss1} kB, VmHWM {hwm0} -> {hwm1} kB");
-    assert!(rss1.saturating_sub(rss0) < 50 << 10, "VmRSS grew {rss0} -> {rss1} kB");
-    assert!(hwm1.saturating_sub(hwm0) < 50 << 10, "peak VmHWM grew {hwm0} -> {hwm1} kB");
+    assert!(
+        rss1.saturating_sub(rss0) < 50 << 10,
+        "VmRSS grew {rss0} -> {rss1} kB"
+    );
+    assert!(
+        hwm1.saturating_sub(hwm0) < 50 << 10,
+        "peak VmHWM grew {hwm0} -> {hwm1} kB"
+    );
 
     // 2. Headers that never end: the connection is closed after the header-read timeout (2 s).
     let mut slow = connect();
-    slow.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n").unwrap();
+    slow.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n")
+        .unwrap();
     let t = Instant::now();
     let _ = read_all(&mut slow);
     let took = t.elapsed();
@@ -142,7 +160,10 @@ fn the_api_refuses_what_would_exhaust_it() {
         if head.starts_with("HTTP/1.1 101") {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "no place freed: {head}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no place freed: {head}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -157,8 +178,12 @@ fn the_api_refuses_what_would_exhaust_it() {
     let answer = read_all(&mut over);
     let (code, text) = status_and_body(&answer);
     assert_eq!(code, 503, "{answer}");
-    let err: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    assert!(err["error"].as_str().unwrap().contains("max_connections"), "{err}");
+    let err: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(
+        err["error"].as_str().unwrap().contains("max_connections"),
+        "{err}"
+    );
     // Once they go, the API answers again.
     drop(held);
     let t = Instant::now();

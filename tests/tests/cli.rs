@@ -8,7 +8,11 @@ use netguard_tests::netns::{NetnsPair, require_root};
 /// target/<profile>/netguard, next to this test's deps/ directory. `cargo xtask test` builds it.
 fn netguard_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("netguard");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("netguard");
     assert!(
         bin.exists(),
         "{} is missing: build it with `cargo build -p netguard-user --bin netguard` (cargo xtask test does)",
@@ -18,7 +22,11 @@ fn netguard_bin() -> PathBuf {
 }
 
 fn stderr_of(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[test]
@@ -35,7 +43,10 @@ fn missing_interface_is_named_with_a_hint() {
         .unwrap();
     let text = stderr_of(&out);
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("ng-no-such-if0") && text.contains("ip link"), "{text}");
+    assert!(
+        text.contains("ng-no-such-if0") && text.contains("ip link"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -65,15 +76,36 @@ fn refused_driver_mode_suggests_skb_and_attaches_nothing() {
     let lab = NetnsPair::new("cli");
     let state = tempfile::tempdir().unwrap();
     let out = Command::new("ip")
-        .args(["netns", "exec", &lab.sensor, netguard_bin().to_str().unwrap()])
-        .args(["run", "--iface", "lo", "--xdp-mode", "driver", "--state-dir"])
+        .args([
+            "netns",
+            "exec",
+            &lab.sensor,
+            netguard_bin().to_str().unwrap(),
+        ])
+        .args([
+            "run",
+            "--iface",
+            "lo",
+            "--xdp-mode",
+            "driver",
+            "--state-dir",
+        ])
         .arg(state.path())
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
     let text = stderr_of(&out);
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("driver") && text.contains("--xdp-mode skb"), "{text}");
-    let link = Command::new("ip").args(["-n", &lab.sensor, "link", "show", "lo"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "a program stayed attached to lo");
+    assert!(
+        text.contains("driver") && text.contains("--xdp-mode skb"),
+        "{text}"
+    );
+    let link = Command::new("ip")
+        .args(["-n", &lab.sensor, "link", "show", "lo"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "a program stayed attached to lo"
+    );
 }

@@ -9,7 +9,9 @@ use std::{
 };
 
 use netguard_tests::daemon::{Daemon, netguard_bin};
-use netguard_tests::netns::{ATTACKER_V4, NetnsPair, SENSOR_IF, SENSOR_V4, ping, require_root, run_in};
+use netguard_tests::netns::{
+    ATTACKER_V4, NetnsPair, SENSOR_IF, SENSOR_V4, ping, require_root, run_in,
+};
 
 const TOKEN: &str = "daemon-test-admin-token-0123456789";
 const API: &str = "127.0.0.1:9749";
@@ -27,7 +29,11 @@ fn cli(lab: &NetnsPair, args: &[&str]) -> String {
         .env("NETGUARD_TOKEN", TOKEN)
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "netguard {args:?} failed: {text}");
     text
 }
@@ -43,12 +49,35 @@ fn daemon_blocks_alerts_reports_and_restores() {
     let sensor = SENSOR_V4.to_string();
 
     let daemon = launch(&lab, state.path());
-    assert_eq!(ping(&lab.attacker, &attacker, &sensor, 2).received, 2, "traffic flows before the block");
+    assert_eq!(
+        ping(&lab.attacker, &attacker, &sensor, 2).received,
+        2,
+        "traffic flows before the block"
+    );
 
-    let added = cli(&lab, &["block", "add", &attacker, "--ttl", "1h", "--reason", "daemon test"]);
+    let added = cli(
+        &lab,
+        &[
+            "block",
+            "add",
+            &attacker,
+            "--ttl",
+            "1h",
+            "--reason",
+            "daemon test",
+        ],
+    );
     assert!(added.contains(&attacker), "{added}");
-    assert_eq!(ping(&lab.attacker, &attacker, &sensor, 3).received, 0, "blocked source got through");
-    assert_eq!(ping(&lab.attacker, &other, &sensor, 2).received, 2, "an unblocked source was dropped");
+    assert_eq!(
+        ping(&lab.attacker, &attacker, &sensor, 3).received,
+        0,
+        "blocked source got through"
+    );
+    assert_eq!(
+        ping(&lab.attacker, &other, &sensor, 2).received,
+        2,
+        "an unblocked source was dropped"
+    );
 
     // The kernel reported the blocked source; the daemon turned it into a stored alert.
     let start = Instant::now();
@@ -57,7 +86,10 @@ fn daemon_blocks_alerts_reports_and_restores() {
         if a.contains(&attacker) {
             break a;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "no blocklist_hit alert for {attacker}: {a}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no blocklist_hit alert for {attacker}: {a}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(alerts.contains("\"action\":\"blocked\""), "{alerts}");
@@ -79,15 +111,30 @@ fn daemon_blocks_alerts_reports_and_restores() {
     assert!(status.success(), "daemon exit {status}: {log}");
     assert!(log.contains("detached"), "{log}");
     let link = run_in(&lab.sensor, &["ip", "-d", "link", "show", SENSOR_IF]);
-    assert!(!String::from_utf8_lossy(&link.stdout).contains("prog/xdp"), "program left attached after SIGTERM");
-    assert_eq!(ping(&lab.attacker, &attacker, &sensor, 2).received, 2, "nothing enforces while stopped");
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "program left attached after SIGTERM"
+    );
+    assert_eq!(
+        ping(&lab.attacker, &attacker, &sensor, 2).received,
+        2,
+        "nothing enforces while stopped"
+    );
 
     // A restart restores the block from the embedded store before serving.
     let daemon = launch(&lab, state.path());
-    assert_eq!(ping(&lab.attacker, &attacker, &sensor, 2).received, 0, "block not restored after restart");
+    assert_eq!(
+        ping(&lab.attacker, &attacker, &sensor, 2).received,
+        0,
+        "block not restored after restart"
+    );
     let removed = cli(&lab, &["block", "del", &attacker]);
     assert!(removed.contains("1 entry"), "{removed}");
-    assert_eq!(ping(&lab.attacker, &attacker, &sensor, 2).received, 2, "unblock did not restore traffic");
+    assert_eq!(
+        ping(&lab.attacker, &attacker, &sensor, 2).received,
+        2,
+        "unblock did not restore traffic"
+    );
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 }
@@ -111,7 +158,10 @@ fn redis_down_at_start_enforces_the_snapshot_then_reconciles() {
     let sensor = SENSOR_V4.to_string();
     let [kept, removed, added] = ATTACKER_V4.map(|a| a.to_string());
     let block = |d: &Daemon, ip: &str| {
-        let (code, body) = d.post("/api/v1/blocklist", &format!(r#"{{"cidr": "{ip}/32", "reason": "snapshot"}}"#));
+        let (code, body) = d.post(
+            "/api/v1/blocklist",
+            &format!(r#"{{"cidr": "{ip}/32", "reason": "snapshot"}}"#),
+        );
         assert!((200..300).contains(&code), "block {ip}: {code} {body}");
     };
 
@@ -121,7 +171,11 @@ fn redis_down_at_start_enforces_the_snapshot_then_reconciles() {
     let snap = state.path().join("lists-snapshot.json");
     let start = Instant::now();
     while !std::fs::read_to_string(&snap).is_ok_and(|s| s.contains(&format!("{removed}/32"))) {
-        assert!(start.elapsed() < Duration::from_secs(10), "no snapshot written: {}", d.log_text());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no snapshot written: {}",
+            d.log_text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(std::fs::metadata(&snap).unwrap().mode() & 0o777, 0o600);
@@ -133,15 +187,34 @@ fn redis_down_at_start_enforces_the_snapshot_then_reconciles() {
     redis.cli(&["SREM", "netguard:entries:block", &rid]);
     redis.cli(&["DEL", &format!("netguard:entry:block:{rid}")]);
     let aid = format!("{added}/32@global");
-    redis.cli(&["HSET", &format!("netguard:entry:block:{aid}"), "cidr", &format!("{added}/32"), "scope", "global", "source", "manual", "created_at", "2024-01-01T00:00:00Z"]);
+    redis.cli(&[
+        "HSET",
+        &format!("netguard:entry:block:{aid}"),
+        "cidr",
+        &format!("{added}/32"),
+        "scope",
+        "global",
+        "source",
+        "manual",
+        "created_at",
+        "2024-01-01T00:00:00Z",
+    ]);
     redis.cli(&["SADD", "netguard:entries:block", &aid]);
     redis.kill();
 
     let d = Daemon::start(&lab, state.path(), API, TOKEN, &args);
     let text = d.log_text();
     assert!(text.contains("from the local snapshot"), "{text}");
-    assert_eq!(ping(&lab.attacker, &kept, &sensor, 2).received, 0, "snapshot entry not enforced");
-    assert_eq!(ping(&lab.attacker, &removed, &sensor, 2).received, 0, "snapshot entry not enforced");
+    assert_eq!(
+        ping(&lab.attacker, &kept, &sensor, 2).received,
+        0,
+        "snapshot entry not enforced"
+    );
+    assert_eq!(
+        ping(&lab.attacker, &removed, &sensor, 2).received,
+        0,
+        "snapshot entry not enforced"
+    );
 
     redis.restart();
     let start = Instant::now();
@@ -150,11 +223,22 @@ fn redis_down_at_start_enforces_the_snapshot_then_reconciles() {
         if list.contains(&format!("{added}/32")) && !list.contains(&format!("{removed}/32")) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "no reconcile after Redis returned: {list}\n{}", d.log_text());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no reconcile after Redis returned: {list}\n{}",
+            d.log_text()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(ping(&lab.attacker, &added, &sensor, 2).received, 0, "the entry added in Redis is not enforced");
-    assert!(ping(&lab.attacker, &removed, &sensor, 2).received > 0, "the entry removed in Redis is still enforced");
+    assert_eq!(
+        ping(&lab.attacker, &added, &sensor, 2).received,
+        0,
+        "the entry added in Redis is not enforced"
+    );
+    assert!(
+        ping(&lab.attacker, &removed, &sensor, 2).received > 0,
+        "the entry removed in Redis is still enforced"
+    );
     assert_eq!(ping(&lab.attacker, &kept, &sensor, 2).received, 0);
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");

@@ -107,7 +107,14 @@ fn metric(d: &Daemon, series: &str) -> f64 {
 
 /// The common tail of an attack case: the alert's fields, the block, and the kernel dropping the
 /// attacker while a bystander still gets through.
-fn assert_detected_and_blocked(c: &Case, class: &str, mitre: &[&str], attacker: &str, port: Option<u16>, t0: Instant) {
+fn assert_detected_and_blocked(
+    c: &Case,
+    class: &str,
+    mitre: &[&str],
+    attacker: &str,
+    port: Option<u16>,
+    t0: Instant,
+) {
     let (alert, took) = wait_alert(&c.daemon, class, attacker, t0, ALERT_WITHIN, |_| true);
     eprintln!("{class} from {attacker}: alerted after {took:?}: {alert}");
     // The target: the sensor, and the port when the attack had one.
@@ -128,10 +135,14 @@ fn assert_detected_and_blocked(c: &Case, class: &str, mitre: &[&str], attacker: 
     if alert["action"] != "blocked" {
         assert_eq!(alert["action"], "alerted", "{alert}");
         let confidence = alert["confidence"].as_f64().expect("confidence");
-        assert!(risk < 60 || confidence < 0.8, "risk {risk} and yet not blocked: {alert}");
-        let (blocked, took_block) = wait_alert(&c.daemon, class, attacker, t0, took + BLOCK_WITHIN, |a| {
-            a["action"] == "blocked"
-        });
+        assert!(
+            risk < 60 || confidence < 0.8,
+            "risk {risk} and yet not blocked: {alert}"
+        );
+        let (blocked, took_block) =
+            wait_alert(&c.daemon, class, attacker, t0, took + BLOCK_WITHIN, |a| {
+                a["action"] == "blocked"
+            });
         eprintln!("{class} from {attacker}: blocked after {took_block:?}: {blocked}");
         assert!(blocked["risk"].as_u64().expect("risk") >= 60, "{blocked}");
     }
@@ -139,7 +150,10 @@ fn assert_detected_and_blocked(c: &Case, class: &str, mitre: &[&str], attacker: 
     let entry = block_entry(&c.daemon, attacker)
         .unwrap_or_else(|| panic!("{attacker} alerted as blocked but not in the blocklist"));
     assert_eq!(entry["source"], "auto", "{entry}");
-    assert!(entry["expires_at"].is_string(), "auto-blocks have a TTL: {entry}");
+    assert!(
+        entry["expires_at"].is_string(),
+        "auto-blocks have a TTL: {entry}"
+    );
     assert!(
         entry["reason"].as_str().unwrap_or("").contains(class),
         "{entry}"
@@ -149,12 +163,29 @@ fn assert_detected_and_blocked(c: &Case, class: &str, mitre: &[&str], attacker: 
     let sensor = SENSOR_V4.to_string();
     let bystander = ATTACKER_V4[2].to_string();
     let before = metric(&c.daemon, "netguard_drops_total{reason=\"blocklist_v4\"}");
-    assert_eq!(ping(&c.lab.attacker, attacker, &sensor, 3).received, 0, "blocked {attacker} still answered");
-    assert_eq!(ping(&c.lab.attacker, &bystander, &sensor, 2).received, 2, "bystander dropped");
+    assert_eq!(
+        ping(&c.lab.attacker, attacker, &sensor, 3).received,
+        0,
+        "blocked {attacker} still answered"
+    );
+    assert_eq!(
+        ping(&c.lab.attacker, &bystander, &sensor, 2).received,
+        2,
+        "bystander dropped"
+    );
     let after = metric(&c.daemon, "netguard_drops_total{reason=\"blocklist_v4\"}");
-    assert!(after >= before + 3.0, "kernel drop counter {before} -> {after}");
-    let alerts = metric(&c.daemon, &format!("netguard_alerts_total{{class=\"{class}\"}}"));
-    assert!(alerts >= 1.0, "netguard_alerts_total for {class} is {alerts}");
+    assert!(
+        after >= before + 3.0,
+        "kernel drop counter {before} -> {after}"
+    );
+    let alerts = metric(
+        &c.daemon,
+        &format!("netguard_alerts_total{{class=\"{class}\"}}"),
+    );
+    assert!(
+        alerts >= 1.0,
+        "netguard_alerts_total for {class} is {alerts}"
+    );
 }
 
 /// An hping3 flood (`mode` is its own options) from the first attacker address: 2000 packets/s for at
@@ -177,17 +208,35 @@ fn flood_case(name: &str, api: &str, class: &str, mode: &[&str], port: Option<u1
 
 #[test]
 fn syn_flood_is_alerted_blocked_and_dropped() {
-    flood_case("detsyn", "127.0.0.1:9761", "syn_flood", &["-S", "-p", "80"], Some(80));
+    flood_case(
+        "detsyn",
+        "127.0.0.1:9761",
+        "syn_flood",
+        &["-S", "-p", "80"],
+        Some(80),
+    );
 }
 
 #[test]
 fn udp_flood_is_alerted_blocked_and_dropped() {
-    flood_case("detudp", "127.0.0.1:9762", "udp_flood", &["--udp", "-p", "53", "-d", "64"], Some(53));
+    flood_case(
+        "detudp",
+        "127.0.0.1:9762",
+        "udp_flood",
+        &["--udp", "-p", "53", "-d", "64"],
+        Some(53),
+    );
 }
 
 #[test]
 fn icmp_flood_is_alerted_blocked_and_dropped() {
-    flood_case("deticmp", "127.0.0.1:9765", "icmp_flood", &["--icmp", "-d", "56"], None);
+    flood_case(
+        "deticmp",
+        "127.0.0.1:9765",
+        "icmp_flood",
+        &["--icmp", "-d", "56"],
+        None,
+    );
 }
 
 #[test]
@@ -203,8 +252,24 @@ fn port_scan_is_alerted_blocked_and_dropped() {
         &c.lab,
         Duration::from_secs(25),
         &[
-            "nmap", "-n", "-Pn", "-sS", "-T4", "-p", "1-5000", "--max-rate", "800", "--max-retries", "1",
-            "--host-timeout", "20s", "-e", ATTACKER_IF, "-S", &attacker, &sensor,
+            "nmap",
+            "-n",
+            "-Pn",
+            "-sS",
+            "-T4",
+            "-p",
+            "1-5000",
+            "--max-rate",
+            "800",
+            "--max-retries",
+            "1",
+            "--host-timeout",
+            "20s",
+            "-e",
+            ATTACKER_IF,
+            "-S",
+            &attacker,
+            &sensor,
         ],
     );
     assert_detected_and_blocked(&c, "port_scan", &["T1046"], &attacker, None, t0);
@@ -239,28 +304,50 @@ fn a_benign_mix_raises_nothing() {
             .spawn()
             .expect("server starts")
     };
-    let python = if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
     let www = tempfile::tempdir().unwrap();
     std::fs::write(www.path().join("index.html"), "x".repeat(20_000)).unwrap();
     let www_dir = www.path().to_string_lossy().into_owned();
     let _servers = Servers(vec![
-        in_sensor(&[python, "-m", "http.server", "8080", "--bind", &sensor, "--directory", &www_dir]),
+        in_sensor(&[
+            python,
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            &sensor,
+            "--directory",
+            &www_dir,
+        ]),
         in_sensor(&["iperf3", "-s", "-p", "5201", "-B", &sensor]),
         in_sensor(&["iperf3", "-s", "-p", "5202", "-B", &sensor]),
     ]);
     thread::sleep(Duration::from_millis(800));
 
-    let (a, b, p) = (ATTACKER_V4[0].to_string(), ATTACKER_V4[1].to_string(), ATTACKER_V4[2].to_string());
+    let (a, b, p) = (
+        ATTACKER_V4[0].to_string(),
+        ATTACKER_V4[1].to_string(),
+        ATTACKER_V4[2].to_string(),
+    );
     let url = format!("http://{sensor}:8080/");
     let ns = c.lab.attacker.clone();
     let tools: Vec<_> = [
-        vec!["iperf3", "-c", &sensor, "-B", &a, "-p", "5201", "-t", "6", "-P", "2"],
-        vec!["iperf3", "-c", &sensor, "-B", &b, "-p", "5202", "-u", "-b", "20M", "-t", "6"],
+        vec![
+            "iperf3", "-c", &sensor, "-B", &a, "-p", "5201", "-t", "6", "-P", "2",
+        ],
+        vec![
+            "iperf3", "-c", &sensor, "-B", &b, "-p", "5202", "-u", "-b", "20M", "-t", "6",
+        ],
         vec!["ping", "-n", "-c", "40", "-i", "0.25", "-I", &p, &sensor],
     ]
     .into_iter()
     .map(|args| {
-        let (ns, args): (String, Vec<String>) = (ns.clone(), args.into_iter().map(String::from).collect());
+        let (ns, args): (String, Vec<String>) =
+            (ns.clone(), args.into_iter().map(String::from).collect());
         thread::spawn(move || {
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
             run_in_timeout(&ns, Duration::from_secs(20), &refs)
@@ -270,7 +357,19 @@ fn a_benign_mix_raises_nothing() {
     // HTTP: a burst of 20 requests every second for 10 s, from the ping's address.
     for _ in 0..10 {
         let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 20).collect();
-        let mut args = vec!["curl", "-s", "-o", "/dev/null", "--interface", &p, "-Z", "--parallel-max", "8", "--max-time", "5"];
+        let mut args = vec![
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--interface",
+            &p,
+            "-Z",
+            "--parallel-max",
+            "8",
+            "--max-time",
+            "5",
+        ];
         for u in &urls {
             args.extend(["-o", "/dev/null", u]);
         }
@@ -279,15 +378,30 @@ fn a_benign_mix_raises_nothing() {
     }
     for t in tools {
         let out = t.join().unwrap();
-        assert!(out.status.success(), "benign tool failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "benign tool failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // Let the last windows close.
     thread::sleep(Duration::from_secs(3));
     let alerts = c.daemon.get_json("/api/v1/alerts");
-    assert_eq!(alerts.as_array().map(Vec::len), Some(0), "benign traffic raised alerts: {alerts}");
+    assert_eq!(
+        alerts.as_array().map(Vec::len),
+        Some(0),
+        "benign traffic raised alerts: {alerts}"
+    );
     let blocks = c.daemon.get_json("/api/v1/blocklist");
-    assert_eq!(blocks.as_array().map(Vec::len), Some(0), "benign traffic was blocked: {blocks}");
+    assert_eq!(
+        blocks.as_array().map(Vec::len),
+        Some(0),
+        "benign traffic was blocked: {blocks}"
+    );
     // It did see the traffic.
     let vectors = metric(&c.daemon, "netguard_detect_vectors_total");
-    assert!(vectors >= 20.0, "the detector judged only {vectors} source windows");
+    assert!(
+        vectors >= 20.0,
+        "the detector judged only {vectors} source windows"
+    );
 }

@@ -625,12 +625,8 @@ async fn per_vm_and_global_thresholds_block_in_the_right_kernels() {
     let vms = ["win-1", "win-2", "win-3"];
     for n in 0..4u32 {
         let vm = vms[n as usize % 3];
-        let (_, body) = post_events(
-            &a,
-            &agent_of(vm),
-            now_event(n, vm, &y.to_string(), "4625"),
-        )
-        .await;
+        let (_, body) =
+            post_events(&a, &agent_of(vm), now_event(n, vm, &y.to_string(), "4625")).await;
         assert_eq!(
             body["decisions"],
             json!([]),
@@ -789,10 +785,18 @@ async fn counts_survive_a_restart_of_the_engine() {
     let mut cfg = netguard_user::events::EventsConfig::default();
     cfg.per_vm.max_retry = 5;
     let engine = || {
-        netguard_user::events::Events::new(s.control.clone(), s.state.metrics.clone(), cfg.clone(), false)
+        netguard_user::events::Events::new(
+            s.control.clone(),
+            s.state.metrics.clone(),
+            cfg.clone(),
+            false,
+        )
     };
     let fail = |src: Ipv4Addr, n| now_event(n, "sensor-a", &src.to_string(), "ssh_failed");
-    let (a, b) = (Ipv4Addr::new(198, 51, 100, 61), Ipv4Addr::new(198, 51, 100, 62));
+    let (a, b) = (
+        Ipv4Addr::new(198, 51, 100, 61),
+        Ipv4Addr::new(198, 51, 100, 62),
+    );
     let first = engine();
     let four: Vec<Value> = (0..4).flat_map(|n| [fail(a, n), fail(b, n)]).collect();
     let r = first.ingest(&four, &Default::default()).await.unwrap();
@@ -800,16 +804,30 @@ async fn counts_survive_a_restart_of_the_engine() {
 
     // A restarted engine that did not restore its counts needs five more failures from b.
     let forgetful = engine();
-    let r = forgetful.ingest(&[fail(b, 10)], &Default::default()).await.unwrap();
-    assert_eq!((r.accepted, r.decisions.len()), (1, 0), "a fresh engine starts from zero");
+    let r = forgetful
+        .ingest(&[fail(b, 10)], &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.accepted, r.decisions.len()),
+        (1, 0),
+        "a fresh engine starts from zero"
+    );
     assert_eq!(s.verdict(&frame_from(b)), XDP_PASS);
 
     // One that restored them blocks a at its fifth failure, the first after the restart.
     let restarted = engine();
     assert_eq!(restarted.restore_counts().await, 9);
     assert_eq!(s.verdict(&frame_from(a)), XDP_PASS);
-    let r = restarted.ingest(&[fail(a, 11)], &Default::default()).await.unwrap();
-    assert_eq!(r.decisions.len(), 1, "the 5th failure across the restart: {r:?}");
+    let r = restarted
+        .ingest(&[fail(a, 11)], &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.decisions.len(),
+        1,
+        "the 5th failure across the restart: {r:?}"
+    );
     assert_eq!(s.verdict(&frame_from(a)), XDP_DROP);
     // b reached five in the stored history (4 + 1 counted by the forgetful engine): the replay reached
     // the threshold and did nothing, as its fifth failure had been acted on (here: not) live.
@@ -847,7 +865,11 @@ async fn one_vm_blocks_on_that_vm_only_and_a_second_vm_blocks_everywhere() {
             now_event(n, "sensor-b", &x.to_string(), "4625"),
         )
         .await;
-        assert_eq!((st, body["accepted"].as_u64()), (StatusCode::OK, Some(1)), "{body}");
+        assert_eq!(
+            (st, body["accepted"].as_u64()),
+            (StatusCode::OK, Some(1)),
+            "{body}"
+        );
         for d in body["decisions"].as_array().unwrap() {
             decisions.push((n + 1, d["scope"].clone(), d["rule"].clone()));
         }
@@ -890,7 +912,11 @@ async fn one_vm_blocks_on_that_vm_only_and_a_second_vm_blocks_everywhere() {
     assert_eq!(st, StatusCode::OK, "{body}");
     let d = &body["decisions"][0];
     assert_eq!(
-        (d["scope"].as_str(), d["rule"].as_str(), d["action"].as_str()),
+        (
+            d["scope"].as_str(),
+            d["rule"].as_str(),
+            d["action"].as_str()
+        ),
         (Some("global"), Some("events.global"), Some("blocked")),
         "{body}"
     );
@@ -926,7 +952,12 @@ async fn the_rate_limit_answers_429_with_retry_after() {
     let src = "198.51.100.80";
     for n in 0..3 {
         let (st, body) = post_events(&s, AGENT, now_event(n, AGENT_VM, src, "4625")).await;
-        assert_eq!(st, StatusCode::OK, "request {} is within the burst: {body}", n + 1);
+        assert_eq!(
+            st,
+            StatusCode::OK,
+            "request {} is within the burst: {body}",
+            n + 1
+        );
     }
     let resp = http(Some(AGENT))
         .post(s.url("/api/v1/events"))

@@ -217,13 +217,33 @@ fn pass_and_drop_counters_match_what_was_sent() {
 fn truncated_l4_from_a_blocked_source_is_still_dropped() {
     let Some(mut dp) = setup() else { return };
     dp.block_insert(net("10.213.66.0/24")).expect("insert");
-    let blocked = FrameSpec::v4(Ipv4Addr::new(10, 213, 66, 9), SEN, tcp(40020, 22, tf::SYN as u8)).build();
+    let blocked = FrameSpec::v4(
+        Ipv4Addr::new(10, 213, 66, 9),
+        SEN,
+        tcp(40020, 22, tf::SYN as u8),
+    )
+    .build();
     let cut = blocked.truncated(netguard_tests::frames::Layer::L4, 10);
-    assert_eq!(run(&dp, &cut), XDP_DROP, "a blocked source bypassed the blocklist by truncating TCP");
-    let free = FrameSpec::v4(Ipv4Addr::new(10, 213, 67, 9), SEN, tcp(40020, 22, tf::SYN as u8)).build();
-    assert_eq!(run(&dp, &free.truncated(netguard_tests::frames::Layer::L4, 10)), XDP_PASS);
+    assert_eq!(
+        run(&dp, &cut),
+        XDP_DROP,
+        "a blocked source bypassed the blocklist by truncating TCP"
+    );
+    let free = FrameSpec::v4(
+        Ipv4Addr::new(10, 213, 67, 9),
+        SEN,
+        tcp(40020, 22, tf::SYN as u8),
+    )
+    .build();
+    assert_eq!(
+        run(&dp, &free.truncated(netguard_tests::frames::Layer::L4, 10)),
+        XDP_PASS
+    );
     let c = counters(&dp);
     assert_eq!(c.get(Counter::ParseTruncatedL4), 2, "{:?}", nonzero(&c));
     assert_eq!(c.get(Counter::DropBlocklistV4), 1);
-    assert!(flows(&dp).is_empty(), "a packet without ports must not invent a flow");
+    assert!(
+        flows(&dp).is_empty(),
+        "a packet without ports must not invent a flow"
+    );
 }

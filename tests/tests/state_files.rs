@@ -10,7 +10,10 @@ use netguard_tests::netns::{NetnsPair, require_root};
 const API: &str = "127.0.0.1:9752";
 
 fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).mode() & 0o777
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .mode()
+        & 0o777
 }
 
 #[test]
@@ -25,18 +28,31 @@ fn state_dir_and_files_are_root_only() {
     let (db, token) = (state.join("netguard-store.redb"), state.join("admin.token"));
 
     let d = Daemon::start_generating_token(&lab, &log, &state, API, &[]);
-    assert_eq!(d.get_json("/api/v1/blocklist").as_array().map(Vec::len), Some(0), "the generated token works");
-    assert_eq!((mode(&state), mode(&db), mode(&token)), (0o700, 0o600, 0o600));
+    assert_eq!(
+        d.get_json("/api/v1/blocklist").as_array().map(Vec::len),
+        Some(0),
+        "the generated token works"
+    );
+    assert_eq!(
+        (mode(&state), mode(&db), mode(&token)),
+        (0o700, 0o600, 0o600)
+    );
     let (status, text) = d.stop();
     assert!(status.success(), "{text}");
-    assert!(!text.contains("was open to other users"), "a fresh dir warned: {text}");
+    assert!(
+        !text.contains("was open to other users"),
+        "a fresh dir warned: {text}"
+    );
 
     // Left open by hand (or an older version): tightened at the next start, each one named.
     for (p, m) in [(&state, 0o755), (&db, 0o644), (&token, 0o644)] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
     }
     let d = Daemon::start_generating_token(&lab, &log, &state, API, &[]);
-    assert_eq!((mode(&state), mode(&db), mode(&token)), (0o700, 0o600, 0o600));
+    assert_eq!(
+        (mode(&state), mode(&db), mode(&token)),
+        (0o700, 0o600, 0o600)
+    );
     let (status, text) = d.stop();
     assert!(status.success(), "{text}");
     for (p, m) in [(&state, "755"), (&db, "644"), (&token, "644")] {

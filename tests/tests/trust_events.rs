@@ -13,7 +13,9 @@ use netguard_user::trust::{FleetFacts, TrustConfig, derive::HostFacts, derive_en
 use serde_json::{Value, json};
 
 fn syn_from(src: Ipv4Addr) -> Vec<u8> {
-    FrameSpec::v4(src, SEN, tcp(40000, 22, tf::SYN as u8)).build().bytes
+    FrameSpec::v4(src, SEN, tcp(40000, 22, tf::SYN as u8))
+        .build()
+        .bytes
 }
 
 fn failures(src: Ipv4Addr, n: u32) -> Value {
@@ -38,20 +40,47 @@ async fn agent_events_never_block_a_protected_address() {
         never_block: vec![IpAddr::V4(protected).into()],
         ..TrustConfig::default()
     };
-    s.control
-        .trust()
-        .never_block
-        .set_derived(derive_entries(&HostFacts::default(), &FleetFacts::default(), &cfg));
+    s.control.trust().never_block.set_derived(derive_entries(
+        &HostFacts::default(),
+        &FleetFacts::default(),
+        &cfg,
+    ));
 
     // Five failures from one VM reach the per-VM threshold: for a protected address, refused.
-    let resp = http(Some(AGENT)).post(s.url("/api/v1/events")).json(&failures(protected, 5)).send().await.unwrap();
+    let resp = http(Some(AGENT))
+        .post(s.url("/api/v1/events"))
+        .json(&failures(protected, 5))
+        .send()
+        .await
+        .unwrap();
     let report: Value = resp.json().await.unwrap();
     let d = &report["decisions"][0];
     assert_eq!(d["action"], "refused", "{report}");
-    assert!(d["refused"].as_str().unwrap().contains("listed in [trust] never_block"), "{report}");
-    assert_eq!(s.verdict(&syn_from(protected)), XDP_PASS, "nothing in the kernel");
-    let listed: Value = http(Some(netguard_tests::api_stack::ADMIN)).get(s.url("/api/v1/blocklist")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(listed.as_array().map(Vec::len), Some(0), "nothing in the blocklist: {listed}");
+    assert!(
+        d["refused"]
+            .as_str()
+            .unwrap()
+            .contains("listed in [trust] never_block"),
+        "{report}"
+    );
+    assert_eq!(
+        s.verdict(&syn_from(protected)),
+        XDP_PASS,
+        "nothing in the kernel"
+    );
+    let listed: Value = http(Some(netguard_tests::api_stack::ADMIN))
+        .get(s.url("/api/v1/blocklist"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(0),
+        "nothing in the blocklist: {listed}"
+    );
     let alerts: Value = http(Some(AGENT))
         .get(s.url(&format!("/api/v1/alerts?src={protected}")))
         .send()
@@ -64,7 +93,11 @@ async fn agent_events_never_block_a_protected_address() {
     assert!(alerts.get("error").is_some(), "{alerts}");
     let stored = s
         .control
-        .alerts(netguard_store::AlertQuery { limit: 10, class: None, src: Some(IpAddr::V4(protected)) })
+        .alerts(netguard_store::AlertQuery {
+            limit: 10,
+            class: None,
+            src: Some(IpAddr::V4(protected)),
+        })
         .await
         .unwrap();
     assert_eq!(stored.len(), 1, "{stored:#?}");
@@ -73,7 +106,12 @@ async fn agent_events_never_block_a_protected_address() {
     // The same failures for an unprotected address block it, on that VM (scope = the VM's id; this
     // stack is another sensor, so its own kernel is not asked to drop it).
     let other = Ipv4Addr::new(192, 0, 2, 99);
-    let resp = http(Some(AGENT)).post(s.url("/api/v1/events")).json(&failures(other, 5)).send().await.unwrap();
+    let resp = http(Some(AGENT))
+        .post(s.url("/api/v1/events"))
+        .json(&failures(other, 5))
+        .send()
+        .await
+        .unwrap();
     let report: Value = resp.json().await.unwrap();
     assert_eq!(report["decisions"][0]["action"], "blocked", "{report}");
     assert_eq!(report["decisions"][0]["scope"], AGENT_VM, "{report}");

@@ -12,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netguard_tests::daemon::Daemon;
-use netguard_tests::netns::{ATTACKER_V4, NetnsPair, SENSOR_V4, require_root, require_tool, run_in, run_in_timeout};
+use netguard_tests::netns::{
+    ATTACKER_V4, NetnsPair, SENSOR_V4, require_root, require_tool, run_in, run_in_timeout,
+};
 use netguard_tests::sshd::{Hydra, LabSshd, PORT, TestUser, word_file};
 use serde_json::Value;
 
@@ -27,11 +29,27 @@ impl SshSession {
     fn open(ns: &str, dir: &Path, user: &TestUser) -> SshSession {
         let askpass = dir.join("askpass.sh");
         std::fs::write(&askpass, format!("#!/bin/sh\necho '{}'\n", user.password)).unwrap();
-        std::fs::set_permissions(&askpass, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(
+            &askpass,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", ns, "timeout", "-k", "2", "90", "ssh", "-N"])
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-            .args(["-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=1"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args([
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+            ])
             .args(["-b", &ATTACKER_V4[0].to_string(), "-p", &PORT.to_string()])
             .arg(format!("{}@{SENSOR_V4}", user.name))
             .env("SSH_ASKPASS", &askpass)
@@ -62,32 +80,55 @@ fn never_block_origin(d: &Daemon, ip: &str) -> Option<String> {
         .and_then(|e| e["origin"].as_str().map(str::to_owned))
 }
 
-fn wait_until(within: Duration, what: &str, mut ok: impl FnMut() -> bool, context: impl Fn() -> String) {
+fn wait_until(
+    within: Duration,
+    what: &str,
+    mut ok: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
     let t0 = Instant::now();
     while !ok() {
-        assert!(t0.elapsed() < within, "{what} not within {within:?}: {}", context());
+        assert!(
+            t0.elapsed() < within,
+            "{what} not within {within:?}: {}",
+            context()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 fn syn_flood(lab: &NetnsPair, from: &str) {
     let target = SENSOR_V4.to_string();
-    let out = run_in_timeout(&lab.attacker, Duration::from_secs(15), &["hping3", "-q", "-S", "-p", "80", "-a", from, "-c", "6000", "-i", "u250", &target]);
+    let out = run_in_timeout(
+        &lab.attacker,
+        Duration::from_secs(15),
+        &[
+            "hping3", "-q", "-S", "-p", "80", "-a", from, "-c", "6000", "-i", "u250", &target,
+        ],
+    );
     assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
 }
 
 fn alerts(d: &Daemon, src: &str, class: &str) -> Vec<Value> {
-    d.get_json(&format!("/api/v1/alerts?src={src}&class={class}&limit=100")).as_array().cloned().unwrap_or_default()
+    d.get_json(&format!("/api/v1/alerts?src={src}&class={class}&limit=100"))
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn enforced_block(d: &Daemon, ip: &str) -> Option<Value> {
     let cidr = format!("{ip}/32");
-    d.get_json("/api/v1/blocklist?limit=1000").as_array()?.iter().find(|e| e["cidr"] == cidr.as_str() && e["enforced"] == true).cloned()
+    d.get_json("/api/v1/blocklist?limit=1000")
+        .as_array()?
+        .iter()
+        .find(|e| e["cidr"] == cidr.as_str() && e["enforced"] == true)
+        .cloned()
 }
 
 #[test]
 fn authenticated_sessions_are_protected_while_they_last() {
-    if !require_root() || !require_tool("hping3") || !require_tool("hydra") || !require_tool("ssh") {
+    if !require_root() || !require_tool("hping3") || !require_tool("hydra") || !require_tool("ssh")
+    {
         return;
     }
     let lab = NetnsPair::new("sessions");
@@ -104,7 +145,20 @@ fn authenticated_sessions_are_protected_while_they_last() {
     let api = format!("{SENSOR_V4}:9743");
     let log = sshd_log.to_string_lossy().into_owned();
     let cfg = cfg.to_string_lossy().into_owned();
-    let d = Daemon::start(&lab, state.path(), &api, TOKEN, &["--auth-log", &log, "--auth-log-format", "sshd-e", "--config", &cfg]);
+    let d = Daemon::start(
+        &lab,
+        state.path(),
+        &api,
+        TOKEN,
+        &[
+            "--auth-log",
+            &log,
+            "--auth-log-format",
+            "sshd-e",
+            "--config",
+            &cfg,
+        ],
+    );
 
     // An accepted SSH login protects its peer while the connection lasts.
     let peer = ATTACKER_V4[0].to_string();
@@ -113,22 +167,56 @@ fn authenticated_sessions_are_protected_while_they_last() {
         Duration::from_secs(20),
         "the SSH session in the never-block set",
         || never_block_origin(&d, &peer).as_deref() == Some("ssh_session"),
-        || format!("{}\nsshd: {}", d.get("/api/v1/never-block"), std::fs::read_to_string(&sshd_log).unwrap_or_default()),
+        || {
+            format!(
+                "{}\nsshd: {}",
+                d.get("/api/v1/never-block"),
+                std::fs::read_to_string(&sshd_log).unwrap_or_default()
+            )
+        },
     );
     syn_flood(&lab, &peer);
-    wait_until(Duration::from_secs(8), "a refused syn_flood alert for the SSH peer", || alerts(&d, &peer, "syn_flood").iter().any(|a| a["action"] == "refused"), || d.log_text());
-    let refused = alerts(&d, &peer, "syn_flood").into_iter().find(|a| a["action"] == "refused").unwrap();
-    assert_eq!(refused["evidence"]["never_block_origin"], "ssh_session", "{refused}");
+    wait_until(
+        Duration::from_secs(8),
+        "a refused syn_flood alert for the SSH peer",
+        || {
+            alerts(&d, &peer, "syn_flood")
+                .iter()
+                .any(|a| a["action"] == "refused")
+        },
+        || d.log_text(),
+    );
+    let refused = alerts(&d, &peer, "syn_flood")
+        .into_iter()
+        .find(|a| a["action"] == "refused")
+        .unwrap();
+    assert_eq!(
+        refused["evidence"]["never_block_origin"], "ssh_session",
+        "{refused}"
+    );
     assert!(enforced_block(&d, &peer).is_none());
 
     // The session ends: the protection ends with it, and the peer's flood is blocked in full (it
     // completed a handshake with this host).
     drop(session);
-    wait_until(Duration::from_secs(20), "the ended session leaving the set", || never_block_origin(&d, &peer).is_none(), || d.get("/api/v1/never-block"));
+    wait_until(
+        Duration::from_secs(20),
+        "the ended session leaving the set",
+        || never_block_origin(&d, &peer).is_none(),
+        || d.get("/api/v1/never-block"),
+    );
     // A new cooldown window: the first alert was a refusal, so a block may follow at once.
     syn_flood(&lab, &peer);
-    wait_until(Duration::from_secs(8), "the block of the former SSH peer", || enforced_block(&d, &peer).is_some(), || format!("{:?}\n{}", alerts(&d, &peer, "syn_flood"), d.log_text()));
-    let blocked = alerts(&d, &peer, "syn_flood").into_iter().find(|a| a["action"] == "blocked").expect("a blocked alert");
+    wait_until(
+        Duration::from_secs(8),
+        "the block of the former SSH peer",
+        || enforced_block(&d, &peer).is_some(),
+        || format!("{:?}\n{}", alerts(&d, &peer, "syn_flood"), d.log_text()),
+    );
+    let blocked = alerts(&d, &peer, "syn_flood")
+        .into_iter()
+        .find(|a| a["action"] == "blocked")
+        .expect("a blocked alert");
     assert_eq!(blocked["evidence"]["response"], "full", "{blocked}");
     assert_eq!(blocked["evidence"]["handshake"], true, "{blocked}");
 
@@ -137,32 +225,92 @@ fn authenticated_sessions_are_protected_while_they_last() {
     let words: Vec<String> = (0..12).map(|i| format!("wrong-{i}")).collect();
     let words = word_file(state.path(), "words.txt", &words);
     // hydra cannot bind: the attacker's route to the sensor's /24 picks its source address.
-    let out = run_in(&lab.attacker, &["ip", "route", "replace", "10.213.1.0/24", "dev", netguard_tests::netns::ATTACKER_IF, "src", &brute]);
+    let out = run_in(
+        &lab.attacker,
+        &[
+            "ip",
+            "route",
+            "replace",
+            "10.213.1.0/24",
+            "dev",
+            netguard_tests::netns::ATTACKER_IF,
+            "src",
+            &brute,
+        ],
+    );
     assert!(out.status.success(), "{out:?}");
-    let hydra = Hydra::start(&lab.attacker, state.path(), &words.to_string_lossy(), &user.name, false).expect("hydra starts");
+    let hydra = Hydra::start(
+        &lab.attacker,
+        state.path(),
+        &words.to_string_lossy(),
+        &user.name,
+        false,
+    )
+    .expect("hydra starts");
     wait_until(
         Duration::from_secs(30),
         "hydra's block",
         || enforced_block(&d, &brute).is_some(),
-        || format!("{}\nsshd: {}", d.log_text(), std::fs::read_to_string(&sshd_log).unwrap_or_default()),
+        || {
+            format!(
+                "{}\nsshd: {}",
+                d.log_text(),
+                std::fs::read_to_string(&sshd_log).unwrap_or_default()
+            )
+        },
     );
     drop(hydra);
-    assert!(never_block_origin(&d, &brute).is_none(), "failed logins never protect their source");
+    assert!(
+        never_block_origin(&d, &brute).is_none(),
+        "failed logins never protect their source"
+    );
 
     // API clients: a bad token protects nothing, a valid one protects its address.
     let client = ATTACKER_V4[2].to_string();
     let url = format!("http://{api}/api/v1/alerts?limit=1");
     let curl = |token: &str| {
         let auth = format!("Authorization: Bearer {token}");
-        let out = run_in(&lab.attacker, &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", "--interface", &client, "-H", &auth, &url]);
+        let out = run_in(
+            &lab.attacker,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                "5",
+                "--interface",
+                &client,
+                "-H",
+                &auth,
+                &url,
+            ],
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert_eq!(curl("not-a-token"), "401");
     std::thread::sleep(Duration::from_secs(1));
-    assert!(never_block_origin(&d, &client).is_none(), "a rejected token protects nothing");
+    assert!(
+        never_block_origin(&d, &client).is_none(),
+        "a rejected token protects nothing"
+    );
     assert_eq!(curl(VIEWER), "200");
-    assert_eq!(never_block_origin(&d, &client).as_deref(), Some("api_client"));
+    assert_eq!(
+        never_block_origin(&d, &client).as_deref(),
+        Some("api_client")
+    );
     syn_flood(&lab, &client);
-    wait_until(Duration::from_secs(8), "a refused alert for the API client", || alerts(&d, &client, "syn_flood").iter().any(|a| a["action"] == "refused"), || d.log_text());
+    wait_until(
+        Duration::from_secs(8),
+        "a refused alert for the API client",
+        || {
+            alerts(&d, &client, "syn_flood")
+                .iter()
+                .any(|a| a["action"] == "refused")
+        },
+        || d.log_text(),
+    );
     assert!(enforced_block(&d, &client).is_none());
 }

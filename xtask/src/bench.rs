@@ -18,8 +18,18 @@ pub struct BenchArgs {
 pub fn cmd(args: &BenchArgs) -> Result<()> {
     setup::setup(true)?;
     // The detection bench runs the real daemon, which `cargo run` of another binary does not build.
-    util::say("bench", "cargo build --release -p netguard-user --bin netguard");
-    util::run(util::cargo().args(["build", "--release", "-p", "netguard-user", "--bin", "netguard"]))?;
+    util::say(
+        "bench",
+        "cargo build --release -p netguard-user --bin netguard",
+    );
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "netguard-user",
+        "--bin",
+        "netguard",
+    ]))?;
     // The datapath bench (ns/packet against a trivial program), then the control-plane bench (bulk
     // apply, block latency, WebSocket fan-out). Extra arguments go to the datapath bench.
     for (bin, extra) in [

@@ -111,7 +111,14 @@ pub fn cmd(args: &TestArgs) -> Result<()> {
             util::run(util::cargo().args(["build", "-p", "netguard-user", "--bin", "netguard"]))?;
             util::run(
                 util::cargo()
-                    .args(["test", "--no-fail-fast", "-p", "netguard-tests", "--", "--test-threads=2"])
+                    .args([
+                        "test",
+                        "--no-fail-fast",
+                        "-p",
+                        "netguard-tests",
+                        "--",
+                        "--test-threads=2",
+                    ])
                     .args(&args.extra),
             )
         });
@@ -122,7 +129,10 @@ pub fn cmd(args: &TestArgs) -> Result<()> {
         });
         // Every benign lab family once, interleaved, against one daemon with blocking on and the
         // shipped model: any alert or block fails the stage (trust rules: never block an innocent).
-        util::say("test", "benign families against the real daemon (cargo xtask lab --soak, one round)");
+        util::say(
+            "test",
+            "benign families against the real daemon (cargo xtask lab --soak, one round)",
+        );
         let (r, took) = util::timed(|| {
             crate::lab::cmd(&crate::lab::LabArgs {
                 quick: false,

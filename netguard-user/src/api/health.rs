@@ -92,7 +92,11 @@ pub async fn health(State(state): State<ApiState>) -> Response {
             reachable: ping.is_none(),
             error: ping,
             backlog: store.queued_writes(),
-            backlog_by_kind: store.queued_by_class().into_iter().map(|(c, n)| (c.label().to_owned(), n)).collect(),
+            backlog_by_kind: store
+                .queued_by_class()
+                .into_iter()
+                .map(|(c, n)| (c.label().to_owned(), n))
+                .collect(),
         },
         ws_clients: state.ws_clients(),
     };

@@ -34,7 +34,9 @@ const MAX_HANDSHAKES: usize = 256;
 /// Why the API's certificate or key cannot be used. Each message names the file and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("[api] tls_cert and tls_key go together: set both (PEM files) to serve HTTPS, or neither for HTTP")]
+    #[error(
+        "[api] tls_cert and tls_key go together: set both (PEM files) to serve HTTPS, or neither for HTTP"
+    )]
     Half,
     #[error("cannot read {what} {} ({key}): {source}; check the path and that this user may read it", path.display())]
     Read {
@@ -64,7 +66,10 @@ pub enum TlsError {
 
 /// Reads every certificate of a PEM file (a chain, or a CA bundle). `key` names the setting or
 /// flag the file came from (`[api] tls_cert`, `--cacert`), for the error.
-pub fn load_certs(path: &Path, key: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn load_certs(
+    path: &Path,
+    key: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = std::fs::read(path).map_err(|source| TlsError::Read {
         what: "the certificate file",
         key,
@@ -106,7 +111,10 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// The server's TLS settings from `[api] tls_cert` and `tls_key`; `None` when neither is set.
-pub fn server_config(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+pub fn server_config(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     let (cert, key) = match (cert, key) {
         (None, None) => return Ok(None),
         (Some(c), Some(k)) => (c, k),
@@ -147,7 +155,11 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
         let accept_task = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx));
-        Ok(Self { rx, local, accept_task })
+        Ok(Self {
+            rx,
+            local,
+            accept_task,
+        })
     }
 }
 
@@ -157,10 +169,16 @@ impl Drop for TlsListener {
     }
 }
 
-async fn accept_loop(tcp: TcpListener, acceptor: TlsAcceptor, tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>) {
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let accepted = tokio::select! {
             r = tcp.accept() => r,
             () = tx.closed() => return,
@@ -215,7 +233,9 @@ mod tests {
     #[test]
     fn neither_is_http_and_half_is_refused() {
         assert!(server_config(None, None).unwrap().is_none());
-        let e = server_config(Some(Path::new("/x.pem")), None).unwrap_err().to_string();
+        let e = server_config(Some(Path::new("/x.pem")), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tls_cert") && e.contains("tls_key"), "{e}");
     }
 
@@ -223,11 +243,18 @@ mod tests {
     fn bad_files_are_named_with_the_setting() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
-        let e = server_config(Some(&missing), Some(&missing)).unwrap_err().to_string();
+        let e = server_config(Some(&missing), Some(&missing))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing.pem") && e.contains("tls_cert"), "{e}");
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "hello\n").unwrap();
-        let e = server_config(Some(&junk), Some(&junk)).unwrap_err().to_string();
-        assert!(e.contains("junk.pem") && e.contains("holds no certificate"), "{e}");
+        let e = server_config(Some(&junk), Some(&junk))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("junk.pem") && e.contains("holds no certificate"),
+            "{e}"
+        );
     }
 }

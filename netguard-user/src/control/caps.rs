@@ -174,8 +174,14 @@ mod tests {
         let mut s = CapState::new(AutoCaps::default());
         assert!(s.refused(t0));
         assert!(!s.refused(t0 + Duration::from_secs(1)));
-        assert!(!s.refused(t0 + Duration::from_secs(500)), "still the same episode");
-        assert!(s.refused(t0 + Duration::from_secs(1200)), "after 10 quiet minutes, a new one");
+        assert!(
+            !s.refused(t0 + Duration::from_secs(500)),
+            "still the same episode"
+        );
+        assert!(
+            s.refused(t0 + Duration::from_secs(1200)),
+            "after 10 quiet minutes, a new one"
+        );
     }
 
     #[test]
@@ -183,6 +189,13 @@ mod tests {
         let c = AutoCaps::default();
         assert_eq!(c.usable(1000), 750);
         assert_eq!(c.usable(1), 0, "at least one entry is always reserved");
-        assert!(AutoCaps { reserved_share: 1.0, ..c.clone() }.validate().is_err());
+        assert!(
+            AutoCaps {
+                reserved_share: 1.0,
+                ..c.clone()
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

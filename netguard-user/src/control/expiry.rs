@@ -13,7 +13,10 @@ pub async fn run(control: Control) {
     loop {
         let next = control.inner.mirror.lock().await.next_expiry();
         let sleep = match next {
-            Some(at) => (at - Utc::now()).to_std().unwrap_or_default().min(MAX_SLEEP),
+            Some(at) => (at - Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .min(MAX_SLEEP),
             None => MAX_SLEEP,
         };
         tokio::select! {
@@ -40,7 +43,11 @@ async fn expire_due(control: &Control) {
         }
     }
     drop(mirror);
-    log::info!("expired {} entr{}", due.len(), if due.len() == 1 { "y" } else { "ies" });
+    log::info!(
+        "expired {} entr{}",
+        due.len(),
+        if due.len() == 1 { "y" } else { "ies" }
+    );
     // The store keeps its own copy; with several sensors on one Redis only one of them gets each entry.
     for kind in [ListKind::Block, ListKind::Allow] {
         if let Err(err) = control.inner.store.take_expired(kind, now).await {

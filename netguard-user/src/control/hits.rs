@@ -20,7 +20,11 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A unique, sortable alert id: sensor, milliseconds, sequence.
 pub fn alert_id(sensor: &str) -> String {
-    format!("{sensor}-{}-{}", Utc::now().timestamp_millis(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{sensor}-{}-{}",
+        Utc::now().timestamp_millis(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub struct HitAlerts {
@@ -37,7 +41,15 @@ impl HitAlerts {
     }
 
     /// An alert for this report, or None while the source is in its cooldown.
-    pub fn alert(&mut self, sensor: &str, entry: &ListEntry, src: IpAddr, dst: IpAddr, dst_port: u16, proto: u8) -> Option<Alert> {
+    pub fn alert(
+        &mut self,
+        sensor: &str,
+        entry: &ListEntry,
+        src: IpAddr,
+        dst: IpAddr,
+        dst_port: u16,
+        proto: u8,
+    ) -> Option<Alert> {
         let now = Instant::now();
         if let Some((at, suppressed)) = self.last.get_mut(&src)
             && now.duration_since(*at) < self.cooldown
@@ -47,7 +59,8 @@ impl HitAlerts {
         }
         if self.last.len() >= MAX_TRACKED {
             let cooldown = self.cooldown;
-            self.last.retain(|_, (at, _)| now.duration_since(*at) < cooldown);
+            self.last
+                .retain(|_, (at, _)| now.duration_since(*at) < cooldown);
             if self.last.len() >= MAX_TRACKED {
                 self.last.clear();
             }
@@ -56,7 +69,10 @@ impl HitAlerts {
         let mut evidence = serde_json::Map::new();
         evidence.insert("entry".into(), entry.cidr.to_string().into());
         evidence.insert("entry_scope".into(), entry.scope.to_string().into());
-        evidence.insert("entry_source".into(), serde_json::to_value(entry.source).unwrap_or_default());
+        evidence.insert(
+            "entry_source".into(),
+            serde_json::to_value(entry.source).unwrap_or_default(),
+        );
         evidence.insert("proto".into(), proto.into());
         if let Some(r) = &entry.reason {
             evidence.insert("entry_reason".into(), r.clone().into());
@@ -87,13 +103,19 @@ mod tests {
     #[test]
     fn cooldown_per_source_and_count() {
         let mut h = HitAlerts::new(Duration::from_millis(50));
-        let e = ListEntry::new("10.0.0.0/24".parse().unwrap(), netguard_store::Scope::Global);
+        let e = ListEntry::new(
+            "10.0.0.0/24".parse().unwrap(),
+            netguard_store::Scope::Global,
+        );
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let d: IpAddr = "10.9.9.9".parse().unwrap();
         assert!(h.alert("s", &e, a, d, 22, 6).is_some());
         assert!(h.alert("s", &e, a, d, 22, 6).is_none());
         assert!(h.alert("s", &e, a, d, 22, 6).is_none());
-        assert!(h.alert("s", &e, b, d, 22, 6).is_some(), "another source has its own cooldown");
+        assert!(
+            h.alert("s", &e, b, d, 22, 6).is_some(),
+            "another source has its own cooldown"
+        );
         std::thread::sleep(Duration::from_millis(60));
         let again = h.alert("s", &e, a, d, 22, 6).unwrap();
         assert_eq!(again.count, 3, "two suppressed reports are folded in");

@@ -27,7 +27,9 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
-use netguard_store::{Alert, AlertQuery, EntrySource, ListEntry, ListKind, Scope, Store, StoreError};
+use netguard_store::{
+    Alert, AlertQuery, EntrySource, ListEntry, ListKind, Scope, Store, StoreError,
+};
 use tokio::sync::{Notify, broadcast};
 
 use crate::datapath::{Datapath, DatapathError};
@@ -133,13 +135,22 @@ pub struct Control {
 impl Control {
     /// Loads the stored lists into the kernel (a restart loses no block) and starts the expiry timer
     /// and, for a shared store, the fleet subscription.
-    pub async fn start(cfg: ControlConfig, dp: Arc<Mutex<Datapath>>, store: Arc<dyn Store>) -> Result<Self, ControlError> {
+    pub async fn start(
+        cfg: ControlConfig,
+        dp: Arc<Mutex<Datapath>>,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, ControlError> {
         Self::start_with_trust(cfg, dp, store, Trust::default()).await
     }
 
     /// [`Control::start`] with the daemon's never-block set and handshake record, which every block
     /// is checked against.
-    pub async fn start_with_trust(cfg: ControlConfig, dp: Arc<Mutex<Datapath>>, store: Arc<dyn Store>, trust: Trust) -> Result<Self, ControlError> {
+    pub async fn start_with_trust(
+        cfg: ControlConfig,
+        dp: Arc<Mutex<Datapath>>,
+        store: Arc<dyn Store>,
+        trust: Trust,
+    ) -> Result<Self, ControlError> {
         let (push, _) = broadcast::channel(4096);
         let hits = Mutex::new(HitAlerts::new(cfg.hit_alert_cooldown));
         let capped_total = caps::capped_counter();
@@ -170,8 +181,12 @@ impl Control {
         };
         if let Err(e) = control.reconcile().await {
             // The store cannot be read: start from the last lists this sensor knew, if it kept them.
-            let ControlError::Store(store_err) = &e else { return Err(e) };
-            let Some(path) = control.inner.cfg.snapshot.clone() else { return Err(e) };
+            let ControlError::Store(store_err) = &e else {
+                return Err(e);
+            };
+            let Some(path) = control.inner.cfg.snapshot.clone() else {
+                return Err(e);
+            };
             let snap = match tokio::task::spawn_blocking({
                 let path = path.clone();
                 move || snapshot::read(&path)
@@ -182,7 +197,10 @@ impl Control {
                 Ok(Some(s)) => s,
                 Ok(None) => return Err(e),
                 Err(read_err) => {
-                    log::error!("the list snapshot {} cannot be read: {read_err}", path.display());
+                    log::error!(
+                        "the list snapshot {} cannot be read: {read_err}",
+                        path.display()
+                    );
                     return Err(e);
                 }
             };
@@ -217,7 +235,10 @@ impl Control {
     /// The control plane's other counters (`netguard_store_malformed_entries_total`,
     /// `netguard_fleet_changes_refused_total`), for the daemon's registry.
     pub fn counters(&self) -> [prometheus::IntCounter; 2] {
-        [self.inner.malformed_total.clone(), self.inner.fleet_refused_total.clone()]
+        [
+            self.inner.malformed_total.clone(),
+            self.inner.fleet_refused_total.clone(),
+        ]
     }
 
     pub fn sensor_id(&self) -> &str {
@@ -258,7 +279,11 @@ impl Control {
 
     /// The blocklist entry that makes this sensor drop `ip` from now until at least `until` (None:
     /// for good), if there is one: the most specific such entry.
-    pub async fn blocked_until(&self, ip: std::net::IpAddr, until: Option<DateTime<Utc>>) -> Option<ListEntry> {
+    pub async fn blocked_until(
+        &self,
+        ip: std::net::IpAddr,
+        until: Option<DateTime<Utc>>,
+    ) -> Option<ListEntry> {
         let mirror = self.inner.mirror.lock().await;
         mirror
             .most_specific(ip, |e| {
@@ -278,7 +303,12 @@ impl Control {
 
     /// Adds or replaces entries. All items are validated first; any invalid item fails the whole
     /// request with every item's problem listed, and nothing is applied.
-    pub async fn put(&self, kind: ListKind, reqs: &[EntryRequest], source: EntrySource) -> Result<PutOutcome, ControlError> {
+    pub async fn put(
+        &self,
+        kind: ListKind,
+        reqs: &[EntryRequest],
+        source: EntrySource,
+    ) -> Result<PutOutcome, ControlError> {
         if reqs.len() > self.inner.cfg.max_bulk {
             return Err(ControlError::TooLarge {
                 count: reqs.len(),
@@ -303,12 +333,21 @@ impl Control {
         let automatic = matches!(source, EntrySource::Auto | EntrySource::Event);
         if kind == ListKind::Block {
             for (i, e) in &entries {
-                let Some(p) = self.inner.trust.never_block.conflict(&e.cidr) else { continue };
+                let Some(p) = self.inner.trust.never_block.conflict(&e.cidr) else {
+                    continue;
+                };
                 if automatic && !bulk {
-                    return Err(ControlError::NeverBlock { cidr: e.cidr, protected: p });
+                    return Err(ControlError::NeverBlock {
+                        cidr: e.cidr,
+                        protected: p,
+                    });
                 }
                 if !reqs[*i].force {
-                    let prefix = if bulk { format!("items[{i}].") } else { String::new() };
+                    let prefix = if bulk {
+                        format!("items[{i}].")
+                    } else {
+                        String::new()
+                    };
                     errors.push(FieldError::new(
                         format!("{prefix}cidr"),
                         format!("{} would block {}; NetGuard never blocks what this host depends on (GET /api/v1/never-block lists them): send \"force\": true to block it anyway", e.cidr, p.reason()),
@@ -328,7 +367,12 @@ impl Control {
         }
         // Later duplicates of the same (cidr, scope) win, as if applied one after another.
         let mut seen = HashSet::new();
-        let mut entries: Vec<ListEntry> = entries.into_iter().rev().map(|(_, e)| e).filter(|e| seen.insert((e.cidr, e.scope.clone()))).collect();
+        let mut entries: Vec<ListEntry> = entries
+            .into_iter()
+            .rev()
+            .map(|(_, e)| e)
+            .filter(|e| seen.insert((e.cidr, e.scope.clone())))
+            .collect();
         entries.reverse();
         self.apply(&mut mirror, kind, entries, source).await
     }
@@ -336,7 +380,9 @@ impl Control {
     /// Automatic blocks: within the rate and outside the reserved capacity, or refused; the first
     /// refusal of an episode raises the one cap alert.
     async fn check_caps(&self, entries: &[(usize, ListEntry)]) -> Result<(), ControlError> {
-        let Some((_, first)) = entries.first() else { return Ok(()) };
+        let Some((_, first)) = entries.first() else {
+            return Ok(());
+        };
         let now = std::time::Instant::now();
         let refusal = {
             let fill = self.dp().blocklist.fill();
@@ -353,25 +399,49 @@ impl Control {
             }
             .map(|(cap, detail)| (cap, detail, caps.refused(now)))
         };
-        let Some((cap, detail, new_episode)) = refusal else { return Ok(()) };
-        self.inner.capped_total.with_label_values(&[cap.label()]).inc();
+        let Some((cap, detail, new_episode)) = refusal else {
+            return Ok(());
+        };
+        self.inner
+            .capped_total
+            .with_label_values(&[cap.label()])
+            .inc();
         if new_episode {
             log::warn!("automatic blocks capped ({}): {detail}", cap.label());
             self.raise_alert(self.cap_alert(cap, first, &detail)).await;
         }
-        Err(ControlError::Capped(Capped { cap, cidr: first.cidr, detail }))
+        Err(ControlError::Capped(Capped {
+            cap,
+            cidr: first.cidr,
+            detail,
+        }))
     }
 
     fn cap_alert(&self, cap: Cap, first: &ListEntry, detail: &str) -> Alert {
-        let class = first.reason.as_deref().and_then(|r| r.split([':', ' ']).find(|w| crate::detect::RULE_CLASSES.contains(w))).unwrap_or("port_scan");
+        let class = first
+            .reason
+            .as_deref()
+            .and_then(|r| {
+                r.split([':', ' '])
+                    .find(|w| crate::detect::RULE_CLASSES.contains(w))
+            })
+            .unwrap_or("port_scan");
         let mut evidence = serde_json::Map::new();
         evidence.insert("cap".into(), cap.label().into());
         evidence.insert("detail".into(), detail.into());
         evidence.insert("first_refused".into(), first.cidr.to_string().into());
-        evidence.insert("note".into(), "one alert per cap episode; netguard_response_capped_total counts every refused block".into());
+        evidence.insert(
+            "note".into(),
+            "one alert per cap episode; netguard_response_capped_total counts every refused block"
+                .into(),
+        );
         let now = Utc::now();
         Alert {
-            id: format!("{}-{}-cap", self.inner.cfg.sensor_id, now.timestamp_millis()),
+            id: format!(
+                "{}-{}-cap",
+                self.inner.cfg.sensor_id,
+                now.timestamp_millis()
+            ),
             ts: now,
             sensor_id: self.inner.cfg.sensor_id.clone(),
             class: class.into(),
@@ -389,15 +459,27 @@ impl Control {
 
     /// Allowlisted addresses can never be blocked: refuse a block that overlaps an allowlist entry
     /// in either direction (covering it, or inside it).
-    fn allowlist_conflicts(&self, mirror: &Mirror, entries: &[(usize, ListEntry)], bulk: bool) -> Vec<FieldError> {
+    fn allowlist_conflicts(
+        &self,
+        mirror: &Mirror,
+        entries: &[(usize, ListEntry)],
+        bulk: bool,
+    ) -> Vec<FieldError> {
         let allow = mirror.list(ListKind::Allow);
         if allow.is_empty() {
             return Vec::new();
         }
         let mut out = Vec::new();
         for (i, e) in entries {
-            let prefix = if bulk { format!("items[{i}].") } else { String::new() };
-            if let Some(((a, scope), _)) = allow.iter().find(|((a, s), _)| request::overlaps(a, &e.cidr) && (*s == Scope::Global || e.scope == Scope::Global || *s == e.scope)) {
+            let prefix = if bulk {
+                format!("items[{i}].")
+            } else {
+                String::new()
+            };
+            if let Some(((a, scope), _)) = allow.iter().find(|((a, s), _)| {
+                request::overlaps(a, &e.cidr)
+                    && (*s == Scope::Global || e.scope == Scope::Global || *s == e.scope)
+            }) {
                 out.push(FieldError::new(
                     format!("{prefix}cidr"),
                     format!("{} overlaps allowlisted {a} (scope {scope}); allowlisted addresses are never blocked: remove the allowlist entry first", e.cidr),
@@ -407,13 +489,25 @@ impl Control {
         out
     }
 
-    async fn apply(&self, mirror: &mut Mirror, kind: ListKind, entries: Vec<ListEntry>, source: EntrySource) -> Result<PutOutcome, ControlError> {
+    async fn apply(
+        &self,
+        mirror: &mut Mirror,
+        kind: ListKind,
+        entries: Vec<ListEntry>,
+        source: EntrySource,
+    ) -> Result<PutOutcome, ControlError> {
         // The new CIDRs this sensor must now enforce; refuse up front if they do not fit.
         let fresh: Vec<IpNet> = {
             let dp = self.dp();
             let table = table(&dp, kind);
-            let fresh: Vec<IpNet> = entries.iter().filter(|e| self.applies(&e.scope) && !table.contains(&e.cidr)).map(|e| e.cidr).collect();
-            table.check_capacity(&fresh).map_err(ControlError::Datapath)?;
+            let fresh: Vec<IpNet> = entries
+                .iter()
+                .filter(|e| self.applies(&e.scope) && !table.contains(&e.cidr))
+                .map(|e| e.cidr)
+                .collect();
+            table
+                .check_capacity(&fresh)
+                .map_err(ControlError::Datapath)?;
             fresh
         };
         // Kernel and store are written concurrently (a 100k bulk spends ~120 ms in the one and ~250 ms
@@ -437,7 +531,10 @@ impl Control {
             if stored.is_ok() {
                 for e in &entries {
                     if let Err(err) = self.inner.store.remove_entry(kind, &e.cidr, &e.scope).await {
-                        log::error!("undoing {} in the store after a kernel failure: {err}", e.cidr);
+                        log::error!(
+                            "undoing {} in the store after a kernel failure: {err}",
+                            e.cidr
+                        );
                     }
                 }
             }
@@ -479,8 +576,14 @@ impl Control {
 
     /// Removes `cidr` (under `scope`, or under every scope when None). Idempotent: returns how many
     /// entries existed.
-    pub async fn remove(&self, kind: ListKind, cidr: &str, scope: Option<&str>) -> Result<usize, ControlError> {
-        let cidr = request::parse_cidr(cidr).map_err(|e| ControlError::Invalid(vec![FieldError::new("cidr", e)]))?;
+    pub async fn remove(
+        &self,
+        kind: ListKind,
+        cidr: &str,
+        scope: Option<&str>,
+    ) -> Result<usize, ControlError> {
+        let cidr = request::parse_cidr(cidr)
+            .map_err(|e| ControlError::Invalid(vec![FieldError::new("cidr", e)]))?;
         let scope = scope
             .map(|s| request::parse_scope(Some(s)))
             .transpose()
@@ -492,7 +595,12 @@ impl Control {
         };
         let mut removed = 0;
         for s in scopes {
-            let in_store = self.inner.store.remove_entry(kind, &cidr, &s).await.map_err(ControlError::Store)?;
+            let in_store = self
+                .inner
+                .store
+                .remove_entry(kind, &cidr, &s)
+                .await
+                .map_err(ControlError::Store)?;
             if self.forget(&mut mirror, kind, cidr, &s, "removed")? || in_store {
                 removed += 1;
             }
@@ -502,11 +610,23 @@ impl Control {
 
     /// Drops an entry from the mirror and, when no other applicable entry keeps the CIDR, from the
     /// kernel; announces it. Returns whether the mirror had it.
-    fn forget(&self, mirror: &mut Mirror, kind: ListKind, cidr: IpNet, scope: &Scope, reason: &'static str) -> Result<bool, ControlError> {
+    fn forget(
+        &self,
+        mirror: &mut Mirror,
+        kind: ListKind,
+        cidr: IpNet,
+        scope: &Scope,
+        reason: &'static str,
+    ) -> Result<bool, ControlError> {
         let had = mirror.remove(kind, &cidr, scope).is_some();
-        let still_enforced = mirror.scopes_of(kind, &cidr).iter().any(|s| self.applies(s));
+        let still_enforced = mirror
+            .scopes_of(kind, &cidr)
+            .iter()
+            .any(|s| self.applies(s));
         if !still_enforced {
-            table_mut(&mut self.dp(), kind).remove(cidr).map_err(ControlError::Datapath)?;
+            table_mut(&mut self.dp(), kind)
+                .remove(cidr)
+                .map_err(ControlError::Datapath)?;
         }
         if had {
             self.publish(PushEvent::removal(kind, cidr, scope.clone(), reason));
@@ -515,7 +635,12 @@ impl Control {
     }
 
     /// Entries (all scopes) with this sensor's kernel hit counts, sorted by CIDR; `total` before paging.
-    pub async fn list(&self, kind: ListKind, offset: usize, limit: usize) -> Result<(usize, Vec<EntryView>), ControlError> {
+    pub async fn list(
+        &self,
+        kind: ListKind,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<EntryView>), ControlError> {
         // The page is copied under the mirror's lock; the hit counters (one syscall per entry) are
         // read afterwards on a blocking thread, taking the datapath lock for one chunk at a time,
         // so that a long page neither occupies a runtime worker nor holds writers and `/health`
@@ -523,7 +648,12 @@ impl Control {
         let (total, page) = {
             let mirror = self.inner.mirror.lock().await;
             let list = mirror.list(kind);
-            let page: Vec<(ListEntry, bool)> = list.values().skip(offset).take(limit).map(|e| (e.clone(), self.applies(&e.scope))).collect();
+            let page: Vec<(ListEntry, bool)> = list
+                .values()
+                .skip(offset)
+                .take(limit)
+                .map(|e| (e.clone(), self.applies(&e.scope)))
+                .collect();
             (list.len(), page)
         };
         const CHUNK: usize = 256;
@@ -535,11 +665,25 @@ impl Control {
                 let dp = dp.lock().expect("datapath lock poisoned");
                 for (entry, enforced) in page.by_ref().take(CHUNK) {
                     let hits = match kind {
-                        ListKind::Block if enforced => dp.blocklist.get(entry.cidr).ok().flatten().map_or(0, |v| v.hits),
-                        ListKind::Allow if enforced => dp.allowlist.get(entry.cidr).ok().flatten().map_or(0, |v| v.overrides),
+                        ListKind::Block if enforced => dp
+                            .blocklist
+                            .get(entry.cidr)
+                            .ok()
+                            .flatten()
+                            .map_or(0, |v| v.hits),
+                        ListKind::Allow if enforced => dp
+                            .allowlist
+                            .get(entry.cidr)
+                            .ok()
+                            .flatten()
+                            .map_or(0, |v| v.overrides),
                         _ => 0,
                     };
-                    views.push(EntryView { entry, enforced, hits });
+                    views.push(EntryView {
+                        entry,
+                        enforced,
+                        hits,
+                    });
                 }
             }
             views
@@ -564,7 +708,11 @@ impl Control {
     }
 
     pub async fn alerts(&self, q: AlertQuery) -> Result<Vec<Alert>, ControlError> {
-        self.inner.store.alerts(q).await.map_err(ControlError::Store)
+        self.inner
+            .store
+            .alerts(q)
+            .await
+            .map_err(ControlError::Store)
     }
 
     /// Stores and pushes an alert. A store failure is logged, not returned: the alert still reaches
@@ -577,14 +725,29 @@ impl Control {
     }
 
     /// A blocked source was seen (kernel BLOCK_HIT event): raise a rate-limited alert.
-    pub async fn on_block_hit(&self, src: IpAddr, dst: IpAddr, dst_port: u16, proto: u8) -> Option<Alert> {
+    pub async fn on_block_hit(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        dst_port: u16,
+        proto: u8,
+    ) -> Option<Alert> {
         let entry = {
             // An index lookup, not a scan: forged hits from blocked sources must not hold the
             // mirror's lock long enough to starve writes.
             let mirror = self.inner.mirror.lock().await;
-            mirror.most_specific(src, |e| self.applies(&e.scope)).cloned()?
+            mirror
+                .most_specific(src, |e| self.applies(&e.scope))
+                .cloned()?
         };
-        let alert = self.inner.hits.lock().expect("hits lock").alert(&self.inner.cfg.sensor_id, &entry, src, dst, dst_port, proto)?;
+        let alert = self.inner.hits.lock().expect("hits lock").alert(
+            &self.inner.cfg.sensor_id,
+            &entry,
+            src,
+            dst,
+            dst_port,
+            proto,
+        )?;
         self.raise_alert(alert.clone()).await;
         Some(alert)
     }
@@ -593,8 +756,18 @@ impl Control {
     /// the kernel tables allow (see [`Control::load`]). Entries the store could not read are
     /// skipped, counted and reported in one alert per reconcile.
     pub async fn reconcile(&self) -> Result<LoadReport, ControlError> {
-        let block = self.inner.store.list_entries(ListKind::Block).await.map_err(ControlError::Store)?;
-        let allow = self.inner.store.list_entries(ListKind::Allow).await.map_err(ControlError::Store)?;
+        let block = self
+            .inner
+            .store
+            .list_entries(ListKind::Block)
+            .await
+            .map_err(ControlError::Store)?;
+        let allow = self
+            .inner
+            .store
+            .list_entries(ListKind::Allow)
+            .await
+            .map_err(ControlError::Store)?;
         let malformed = self.inner.store.take_malformed();
         if !malformed.is_empty() {
             self.inner.malformed_total.inc_by(malformed.len() as u64);
@@ -606,11 +779,22 @@ impl Control {
             );
             let mut evidence = serde_json::Map::new();
             evidence.insert("malformed_entries".into(), malformed.len().into());
-            evidence.insert("keys".into(), malformed.iter().take(10).cloned().collect::<Vec<_>>().into());
+            evidence.insert(
+                "keys".into(),
+                malformed
+                    .iter()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
             evidence.insert("note".into(), "one alert per load; netguard_store_malformed_entries_total counts every skipped entry".into());
-            self.raise_alert(self.system_alert("store_malformed_entry", "T1565.001", evidence)).await;
+            self.raise_alert(self.system_alert("store_malformed_entry", "T1565.001", evidence))
+                .await;
         }
-        Ok(self.load([(ListKind::Block, block), (ListKind::Allow, allow)]).await)
+        Ok(self
+            .load([(ListKind::Block, block), (ListKind::Allow, allow)])
+            .await)
     }
 
     /// Makes the mirror and the kernel hold `lists` (complete lists, all scopes), changing only
@@ -624,8 +808,13 @@ impl Control {
         let mut mirror = self.inner.mirror.lock().await;
         let mut next = Mirror::default();
         for (i, (kind, entries)) in lists.into_iter().enumerate() {
-            let entries: Vec<ListEntry> = entries.into_iter().filter(|e| !e.is_expired(now)).collect();
-            let want: HashSet<IpNet> = entries.iter().filter(|e| self.applies(&e.scope)).map(|e| e.cidr).collect();
+            let entries: Vec<ListEntry> =
+                entries.into_iter().filter(|e| !e.is_expired(now)).collect();
+            let want: HashSet<IpNet> = entries
+                .iter()
+                .filter(|e| self.applies(&e.scope))
+                .map(|e| e.cidr)
+                .collect();
             let mut dp = self.dp();
             let t = table_mut(&mut dp, kind);
             for n in t.nets().into_iter().filter(|n| !want.contains(n)) {
@@ -635,13 +824,20 @@ impl Control {
             }
             // In list order, so what does not fit is the same tail every time.
             let mut seen = HashSet::new();
-            let missing: Vec<IpNet> = entries.iter().filter(|e| self.applies(&e.scope) && !t.contains(&e.cidr) && seen.insert(e.cidr)).map(|e| e.cidr).collect();
+            let missing: Vec<IpNet> = entries
+                .iter()
+                .filter(|e| self.applies(&e.scope) && !t.contains(&e.cidr) && seen.insert(e.cidr))
+                .map(|e| e.cidr)
+                .collect();
             if let Err(first) = t.insert_many(&missing) {
                 // Too many for the table (or a kernel error): one at a time, keeping what fits.
                 for n in &missing {
                     if let Err(e) = t.insert_many(std::slice::from_ref(n)) {
                         if report.not_fitting.is_empty() {
-                            log::error!("the kernel {} table refused entries ({first}); first refused: {n}: {e}", kind.as_str());
+                            log::error!(
+                                "the kernel {} table refused entries ({first}); first refused: {n}: {e}",
+                                kind.as_str()
+                            );
                         }
                         report.not_fitting.push((kind, *n));
                     }
@@ -674,7 +870,11 @@ impl Control {
             log::error!(
                 "{} entr{} did not fit in the kernel tables and are NOT enforced on this sensor (raise the [datapath] map sizes); everything in the kernel is tracked and expires",
                 report.not_fitting.len(),
-                if report.not_fitting.len() == 1 { "y" } else { "ies" }
+                if report.not_fitting.len() == 1 {
+                    "y"
+                } else {
+                    "ies"
+                }
             );
         }
         self.inner.expiry_wake.notify_one();
@@ -683,10 +883,19 @@ impl Control {
     }
 
     /// An alert about the sensor itself (not about a source address).
-    fn system_alert(&self, class: &str, mitre: &str, evidence: serde_json::Map<String, serde_json::Value>) -> Alert {
+    fn system_alert(
+        &self,
+        class: &str,
+        mitre: &str,
+        evidence: serde_json::Map<String, serde_json::Value>,
+    ) -> Alert {
         let now = Utc::now();
         Alert {
-            id: format!("{}-{}-{class}", self.inner.cfg.sensor_id, now.timestamp_millis()),
+            id: format!(
+                "{}-{}-{class}",
+                self.inner.cfg.sensor_id,
+                now.timestamp_millis()
+            ),
             ts: now,
             sensor_id: self.inner.cfg.sensor_id.clone(),
             class: class.into(),

@@ -56,14 +56,16 @@ impl FieldError {
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
     if s.is_empty() {
-        return Err("is empty: give an address or CIDR such as 203.0.113.7 or 203.0.113.0/24".into());
+        return Err(
+            "is empty: give an address or CIDR such as 203.0.113.7 or 203.0.113.0/24".into(),
+        );
     }
     if let Ok(addr) = s.parse::<IpAddr>() {
         return Ok(IpNet::from(addr));
     }
-    let net: IpNet = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not an IP address or CIDR (e.g. 203.0.113.0/24, 2001:db8::/48)"))?;
+    let net: IpNet = s.parse().map_err(|_| {
+        format!("`{s}` is not an IP address or CIDR (e.g. 203.0.113.0/24, 2001:db8::/48)")
+    })?;
     if net.trunc() != net {
         return Err(format!(
             "`{s}` has host bits set: use {} for the network, or {}/{} for the single host",
@@ -83,7 +85,9 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
         return Err("must be longer than zero; omit ttl for a permanent entry".into());
     }
     if d > MAX_TTL {
-        return Err(format!("`{s}` is over the 10-year maximum; omit ttl for a permanent entry"));
+        return Err(format!(
+            "`{s}` is over the 10-year maximum; omit ttl for a permanent entry"
+        ));
     }
     Ok(d)
 }
@@ -91,7 +95,9 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
 pub fn parse_scope(s: Option<&str>) -> Result<Scope, String> {
     match s.map(str::trim) {
         None | Some("") => Ok(Scope::Global),
-        Some(s) => s.parse().map_err(|e: netguard_store::StoreError| e.to_string()),
+        Some(s) => s
+            .parse()
+            .map_err(|e: netguard_store::StoreError| e.to_string()),
     }
 }
 
@@ -116,7 +122,8 @@ pub fn to_entry(
         .map(parse_ttl)
         .transpose()
         .map_err(|e| FieldError::new(field("ttl"), e))?;
-    let scope = parse_scope(req.scope.as_deref()).map_err(|e| FieldError::new(field("scope"), e))?;
+    let scope =
+        parse_scope(req.scope.as_deref()).map_err(|e| FieldError::new(field("scope"), e))?;
     if let Some(r) = &req.reason
         && r.len() > MAX_REASON_BYTES
     {
@@ -125,7 +132,8 @@ pub fn to_entry(
             format!("is {} bytes; the limit is {MAX_REASON_BYTES}", r.len()),
         ));
     }
-    let expires_at = ttl.map(|d| now + chrono::Duration::from_std(d).expect("ttl bounded by MAX_TTL"));
+    let expires_at =
+        ttl.map(|d| now + chrono::Duration::from_std(d).expect("ttl bounded by MAX_TTL"));
     Ok(ListEntry {
         cidr,
         scope,
@@ -154,20 +162,39 @@ mod tests {
 
     #[test]
     fn bare_addresses_are_hosts() {
-        assert_eq!(parse_cidr("203.0.113.7").unwrap().to_string(), "203.0.113.7/32");
-        assert_eq!(parse_cidr(" 2001:db8::1 ").unwrap().to_string(), "2001:db8::1/128");
-        assert_eq!(parse_cidr("10.1.0.0/16").unwrap().to_string(), "10.1.0.0/16");
+        assert_eq!(
+            parse_cidr("203.0.113.7").unwrap().to_string(),
+            "203.0.113.7/32"
+        );
+        assert_eq!(
+            parse_cidr(" 2001:db8::1 ").unwrap().to_string(),
+            "2001:db8::1/128"
+        );
+        assert_eq!(
+            parse_cidr("10.1.0.0/16").unwrap().to_string(),
+            "10.1.0.0/16"
+        );
     }
 
     #[test]
     fn host_bits_are_refused_with_both_readings() {
         let e = parse_cidr("10.0.0.1/24").unwrap_err();
-        assert!(e.contains("10.0.0.0/24") && e.contains("10.0.0.1/32"), "{e}");
+        assert!(
+            e.contains("10.0.0.0/24") && e.contains("10.0.0.1/32"),
+            "{e}"
+        );
     }
 
     #[test]
     fn garbage_is_refused() {
-        for bad in ["", "10.0.0", "10.0.0.0/33", "::/129", "example.com", "1.2.3.4/-1"] {
+        for bad in [
+            "",
+            "10.0.0",
+            "10.0.0.0/33",
+            "::/129",
+            "example.com",
+            "1.2.3.4/-1",
+        ] {
             assert!(parse_cidr(bad).is_err(), "{bad} was accepted");
         }
     }

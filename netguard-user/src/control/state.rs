@@ -91,7 +91,8 @@ impl Mirror {
             self.unindex(kind, o);
         }
         if let Some(at) = entry.expires_at {
-            self.expiry.insert((at, kind, entry.cidr, entry.scope.clone()));
+            self.expiry
+                .insert((at, kind, entry.cidr, entry.scope.clone()));
         }
         if kind == ListKind::Block {
             self.block_lens.add(&entry.cidr);
@@ -187,12 +188,21 @@ mod tests {
     #[test]
     fn expiry_order_and_replacement() {
         let mut m = Mirror::default();
-        m.put(ListKind::Block, entry("10.0.0.0/24", Scope::Global, Some(300)));
-        m.put(ListKind::Block, entry("10.0.1.0/24", Scope::Global, Some(100)));
+        m.put(
+            ListKind::Block,
+            entry("10.0.0.0/24", Scope::Global, Some(300)),
+        );
+        m.put(
+            ListKind::Block,
+            entry("10.0.1.0/24", Scope::Global, Some(100)),
+        );
         m.put(ListKind::Allow, entry("10.0.2.0/24", Scope::Global, None));
         assert_eq!(m.next_expiry().unwrap().timestamp(), 100);
         // Replacing an entry moves its deadline.
-        m.put(ListKind::Block, entry("10.0.1.0/24", Scope::Global, Some(500)));
+        m.put(
+            ListKind::Block,
+            entry("10.0.1.0/24", Scope::Global, Some(500)),
+        );
         assert_eq!(m.next_expiry().unwrap().timestamp(), 300);
         let gone = m.take_expired(DateTime::from_timestamp(400, 0).unwrap());
         assert_eq!(gone.len(), 1);
@@ -208,10 +218,24 @@ mod tests {
     fn scopes_of_a_cidr() {
         let mut m = Mirror::default();
         m.put(ListKind::Block, entry("10.0.0.0/24", Scope::Global, None));
-        m.put(ListKind::Block, entry("10.0.0.0/24", Scope::Sensor("a".into()), None));
-        m.put(ListKind::Block, entry("10.0.1.0/24", Scope::Sensor("a".into()), None));
-        assert_eq!(m.scopes_of(ListKind::Block, &"10.0.0.0/24".parse().unwrap()).len(), 2);
-        m.remove(ListKind::Block, &"10.0.0.0/24".parse().unwrap(), &Scope::Global);
+        m.put(
+            ListKind::Block,
+            entry("10.0.0.0/24", Scope::Sensor("a".into()), None),
+        );
+        m.put(
+            ListKind::Block,
+            entry("10.0.1.0/24", Scope::Sensor("a".into()), None),
+        );
+        assert_eq!(
+            m.scopes_of(ListKind::Block, &"10.0.0.0/24".parse().unwrap())
+                .len(),
+            2
+        );
+        m.remove(
+            ListKind::Block,
+            &"10.0.0.0/24".parse().unwrap(),
+            &Scope::Global,
+        );
         assert_eq!(
             m.scopes_of(ListKind::Block, &"10.0.0.0/24".parse().unwrap()),
             vec![Scope::Sensor("a".into())]

@@ -18,7 +18,9 @@ pub async fn spawn(control: Control) {
         Ok(Some(rx)) => rx,
         Ok(None) => return, // embedded store: this sensor is the only writer
         Err(e) => {
-            log::warn!("fleet change feed unavailable ({e}); changes by other sensors apply after a restart");
+            log::warn!(
+                "fleet change feed unavailable ({e}); changes by other sensors apply after a restart"
+            );
             return;
         }
     };
@@ -28,15 +30,31 @@ pub async fn spawn(control: Control) {
 async fn run(control: Control, mut rx: netguard_store::ChangeReceiver) {
     while let Some(ev) = rx.recv().await {
         let res = match ev {
-            ChangeEvent::Change(EntryChange::Put { kind, entry, origin }) => {
+            ChangeEvent::Change(EntryChange::Put {
+                kind,
+                entry,
+                origin,
+            }) => {
                 log::debug!("fleet: {origin} put {} ({})", entry.cidr, entry.scope);
                 apply_put(&control, kind, entry, &origin).await
             }
-            ChangeEvent::Change(EntryChange::Remove { kind, cidr, scope, expired, origin }) => {
+            ChangeEvent::Change(EntryChange::Remove {
+                kind,
+                cidr,
+                scope,
+                expired,
+                origin,
+            }) => {
                 log::debug!("fleet: {origin} removed {cidr} ({scope})");
                 let mut mirror = control.inner.mirror.lock().await;
                 control
-                    .forget(&mut mirror, kind, cidr, &scope, if expired { "expired" } else { "fleet" })
+                    .forget(
+                        &mut mirror,
+                        kind,
+                        cidr,
+                        &scope,
+                        if expired { "expired" } else { "fleet" },
+                    )
                     .map(|_| ())
             }
             // Changes may have been missed while the subscription was down: re-read everything.
@@ -49,41 +67,70 @@ async fn run(control: Control, mut rx: netguard_store::ChangeReceiver) {
 }
 
 /// Why this sensor refuses to enforce a remote entry, if it does.
-fn refusal(control: &Control, mirror: &super::Mirror, kind: ListKind, entry: &ListEntry) -> Option<String> {
+fn refusal(
+    control: &Control,
+    mirror: &super::Mirror,
+    kind: ListKind,
+    entry: &ListEntry,
+) -> Option<String> {
     if kind != ListKind::Block || !control.applies(&entry.scope) {
         return None;
     }
     if entry.cidr.prefix_len() == 0 {
         return Some(format!("{} covers every address", entry.cidr));
     }
-    if let Some(err) = control.allowlist_conflicts(mirror, &[(0, entry.clone())], false).into_iter().next() {
+    if let Some(err) = control
+        .allowlist_conflicts(mirror, &[(0, entry.clone())], false)
+        .into_iter()
+        .next()
+    {
         return Some(err.error);
     }
     if matches!(entry.source, EntrySource::Auto | EntrySource::Event)
         && let Some(p) = control.inner.trust.never_block.conflict(&entry.cidr)
     {
-        return Some(format!("{} is never blocked automatically here: {}", entry.cidr, p.reason()));
+        return Some(format!(
+            "{} is never blocked automatically here: {}",
+            entry.cidr,
+            p.reason()
+        ));
     }
     None
 }
 
-async fn apply_put(control: &Control, kind: ListKind, entry: ListEntry, origin: &str) -> Result<(), super::ControlError> {
+async fn apply_put(
+    control: &Control,
+    kind: ListKind,
+    entry: ListEntry,
+    origin: &str,
+) -> Result<(), super::ControlError> {
     let mut mirror = control.inner.mirror.lock().await;
     if let Some(why) = refusal(control, &mirror, kind, &entry) {
         drop(mirror);
         control.inner.fleet_refused_total.inc();
-        log::warn!("fleet: refused {} {} from sensor {origin}: {why}", kind.as_str(), entry.cidr);
+        log::warn!(
+            "fleet: refused {} {} from sensor {origin}: {why}",
+            kind.as_str(),
+            entry.cidr
+        );
         let mut evidence = serde_json::Map::new();
         evidence.insert("cidr".into(), entry.cidr.to_string().into());
         evidence.insert("origin".into(), origin.into());
-        evidence.insert("source".into(), serde_json::to_value(entry.source).unwrap_or_default());
+        evidence.insert(
+            "source".into(),
+            serde_json::to_value(entry.source).unwrap_or_default(),
+        );
         evidence.insert("detail".into(), why.into());
-        control.raise_alert(control.system_alert("fleet_change_refused", "T1562.004", evidence)).await;
+        control
+            .raise_alert(control.system_alert("fleet_change_refused", "T1562.004", evidence))
+            .await;
         return Ok(());
     }
     if control.applies(&entry.scope) {
         let mut dp = control.dp();
-        super::table_mut(&mut dp, kind).insert_many(&[entry.cidr]).map_err(super::ControlError::Datapath)?;
+        super::table_mut(&mut dp, kind)
+            .insert_many(&[entry.cidr])
+            .map_err(super::ControlError::Datapath)?;
     }
     let source = entry.source;
     mirror.put(kind, entry.clone());

@@ -34,14 +34,21 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
             std::mem::size_of::<BatchAttr>() as u32,
         )
     };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// True when the kernel (or this map type) has no batch support, so callers fall back to single-element
 /// operations instead of failing.
 pub fn unsupported(err: &io::Error) -> bool {
     // ENOTSUPP (524) is the kernel-internal code map types without batch ops return.
-    matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(524))
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(524)
+    )
 }
 
 /// Updates `keys[i] -> values[i]` for all i in one syscall. `keys` and `values` are the raw bytes of
@@ -97,7 +104,11 @@ fn lookup_all_chunked(
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { cursor_in.as_mut_ptr() as u64 },
+            in_batch: if first {
+                0
+            } else {
+                cursor_in.as_mut_ptr() as u64
+            },
             out_batch: cursor_out.as_mut_ptr() as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -150,5 +161,9 @@ pub fn update_elem(fd: RawFd, key: &[u8], value: &[u8]) -> io::Result<()> {
             size_of::<ElemAttr>() as u32,
         )
     };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }

@@ -78,7 +78,11 @@ fn pod_bytes<V: Pod>(v: &V) -> &[u8] {
     unsafe { std::slice::from_raw_parts((v as *const V).cast::<u8>(), size_of::<V>()) }
 }
 
-fn map_err(op: &'static str, map: &'static str, detail: impl ToString) -> impl FnOnce(MapError) -> DatapathError {
+fn map_err(
+    op: &'static str,
+    map: &'static str,
+    detail: impl ToString,
+) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map {
         op,
         map,
@@ -166,7 +170,9 @@ impl<V: Pod + Default> CidrTable<V> {
 
     fn set_flag(&mut self, t: TableFlag, on: bool) -> Result<(), DatapathError> {
         let name = self.name;
-        self.flags.set(t as u32, on as u32, 0).map_err(map_err("update", name, "table flags"))
+        self.flags
+            .set(t as u32, on as u32, 0)
+            .map_err(map_err("update", name, "table flags"))
     }
 
     /// Counts `nets` in or out of their /16 buckets and writes the bitmap words whose bits changed.
@@ -188,9 +194,11 @@ impl<V: Pod + Default> CidrTable<V> {
             }
         }
         for w in dirty {
-            h.prefix16
-                .set(w as u32, p.words[w], 0)
-                .map_err(map_err("update", self.name, "prefix /16 bitmap"))?;
+            h.prefix16.set(w as u32, p.words[w], 0).map_err(map_err(
+                "update",
+                self.name,
+                "prefix /16 bitmap",
+            ))?;
         }
         Ok(())
     }
@@ -211,7 +219,10 @@ impl<V: Pod + Default> CidrTable<V> {
     fn check_groups(&self, groups: &[Vec<IpNet>; 4]) -> Result<(), DatapathError> {
         let c = &self.counts;
         let (have4, have6) = (c[0] + c[1], c[2] + c[3]);
-        let (add4, add6) = (groups[0].len() + groups[1].len(), groups[2].len() + groups[3].len());
+        let (add4, add6) = (
+            groups[0].len() + groups[1].len(),
+            groups[2].len() + groups[3].len(),
+        );
         if have4 + add4 > self.v4_max as usize {
             return Err(self.full("v4", self.v4_max, have4, add4));
         }
@@ -235,7 +246,12 @@ impl<V: Pod + Default> CidrTable<V> {
         }
         self.check_groups(&groups)?;
         let value = V::default();
-        let tables = [TableFlag::HostV4, TableFlag::PrefixV4, TableFlag::HostV6, TableFlag::PrefixV6];
+        let tables = [
+            TableFlag::HostV4,
+            TableFlag::PrefixV4,
+            TableFlag::HostV6,
+            TableFlag::PrefixV6,
+        ];
         for (t, group) in tables.into_iter().zip(groups.iter()) {
             if group.is_empty() {
                 continue;
@@ -277,8 +293,17 @@ impl<V: Pod + Default> CidrTable<V> {
 
     /// One BPF_MAP_UPDATE_BATCH per chunk; element-wise updates where the kernel has no batch support
     /// for the map type.
-    fn write_batch(&self, fd: RawFd, keys: &[u8], n: usize, value: &V) -> Result<(), DatapathError> {
-        let values: Vec<u8> = std::iter::repeat_n(pod_bytes(value), n).flatten().copied().collect();
+    fn write_batch(
+        &self,
+        fd: RawFd,
+        keys: &[u8],
+        n: usize,
+        value: &V,
+    ) -> Result<(), DatapathError> {
+        let values: Vec<u8> = std::iter::repeat_n(pod_bytes(value), n)
+            .flatten()
+            .copied()
+            .collect();
         let key_size = keys.len() / n;
         let done = match batch::update_batch(fd, keys, &values, n as u32) {
             Ok(()) => return Ok(()),
@@ -313,8 +338,12 @@ impl<V: Pod + Default> CidrTable<V> {
         let res = match (net, t, self.hosts.as_mut()) {
             (IpNet::V4(n), TableFlag::HostV4, Some(h)) => h.v4.remove(&n.addr().octets()),
             (IpNet::V6(n), TableFlag::HostV6, Some(h)) => h.v6.remove(&n.addr().octets()),
-            (IpNet::V4(n), ..) => self.v4.remove(&Key::new(n.prefix_len().into(), n.network().octets())),
-            (IpNet::V6(n), ..) => self.v6.remove(&Key::new(n.prefix_len().into(), n.network().octets())),
+            (IpNet::V4(n), ..) => self
+                .v4
+                .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
+            (IpNet::V6(n), ..) => self
+                .v6
+                .remove(&Key::new(n.prefix_len().into(), n.network().octets())),
         };
         let removed = match res {
             Ok(()) => true,
@@ -344,8 +373,12 @@ impl<V: Pod + Default> CidrTable<V> {
         let res = match (net, self.table_of(&net), &self.hosts) {
             (IpNet::V4(n), TableFlag::HostV4, Some(h)) => h.v4.get(&n.addr().octets(), 0),
             (IpNet::V6(n), TableFlag::HostV6, Some(h)) => h.v6.get(&n.addr().octets(), 0),
-            (IpNet::V4(n), ..) => self.v4.get(&Key::new(n.prefix_len().into(), n.network().octets()), 0),
-            (IpNet::V6(n), ..) => self.v6.get(&Key::new(n.prefix_len().into(), n.network().octets()), 0),
+            (IpNet::V4(n), ..) => self
+                .v4
+                .get(&Key::new(n.prefix_len().into(), n.network().octets()), 0),
+            (IpNet::V6(n), ..) => self
+                .v6
+                .get(&Key::new(n.prefix_len().into(), n.network().octets()), 0),
         };
         match res {
             Ok(v) => Ok(Some(v)),
@@ -393,12 +426,14 @@ impl<V: Pod + Default> CidrTable<V> {
         }
         for item in self.v4.iter() {
             let (k, v) = item.map_err(map_err("iterate", name, "prefixes v4"))?;
-            let net = ipnet::Ipv4Net::new(k.data().into(), k.prefix_len() as u8).expect("kernel prefix <= 32");
+            let net = ipnet::Ipv4Net::new(k.data().into(), k.prefix_len() as u8)
+                .expect("kernel prefix <= 32");
             out.push((IpNet::V4(net), v));
         }
         for item in self.v6.iter() {
             let (k, v) = item.map_err(map_err("iterate", name, "prefixes v6"))?;
-            let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8).expect("kernel prefix <= 128");
+            let net = ipnet::Ipv6Net::new(k.data().into(), k.prefix_len() as u8)
+                .expect("kernel prefix <= 128");
             out.push((IpNet::V6(net), v));
         }
         Ok(out)

@@ -20,7 +20,9 @@ pub enum DatapathError {
         source: Box<ProgramError>,
         hint: &'static str,
     },
-    #[error("map `{0}` is missing from the XDP object (netguard-ebpf and netguard-user are out of sync; rebuild)")]
+    #[error(
+        "map `{0}` is missing from the XDP object (netguard-ebpf and netguard-user are out of sync; rebuild)"
+    )]
     MissingMap(&'static str),
     #[error("map `{map}` has an unexpected type or layout: {source}")]
     MapType {
@@ -55,7 +57,9 @@ pub enum DatapathError {
         have: usize,
         adding: usize,
     },
-    #[error("interface `{0}` does not exist here; list interfaces with `ip link` (inside a netns: `ip netns exec NS ip link`)")]
+    #[error(
+        "interface `{0}` does not exist here; list interfaces with `ip link` (inside a netns: `ip netns exec NS ip link`)"
+    )]
     NoSuchInterface(String),
     #[error("attaching XDP to `{iface}` in {mode} mode was refused: {source}. {hint}")]
     Attach {
@@ -72,5 +76,4 @@ pub enum DatapathError {
 }
 
 /// Appended to load errors caused by missing privileges.
-pub(crate) const PRIV_HINT: &str =
-    ". Loading XDP programs needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON): run netguard as root";
+pub(crate) const PRIV_HINT: &str = ". Loading XDP programs needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON): run netguard as root";

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 pub use cidr::{CidrTable, HostLayer};
 pub use error::DatapathError;
-pub use events::EventStream;
 use error::PRIV_HINT;
+pub use events::EventStream;
 
 /// The compiled XDP object, built by build.rs. 8-byte alignment is what the ELF parser expects.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netguard"));
@@ -105,7 +105,10 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DatapathError> {
-    T::try_from(take(ebpf, name)?).map_err(|source| DatapathError::MapType { map: name, source: Box::new(source) })
+    T::try_from(take(ebpf, name)?).map_err(|source| DatapathError::MapType {
+        map: name,
+        source: Box::new(source),
+    })
 }
 
 fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -135,11 +138,18 @@ impl Datapath {
             .map_max_entries(maps::ALLOW_V6, config.allowlist_v6_max)
             .map_max_entries(maps::FLOWS, config.flows_max)
             .map_max_entries(maps::EVENTS, events_bytes)
-            .override_global(globals::EVENT_BUDGET_PER_MS, &config.event_budget_per_ms, true)
+            .override_global(
+                globals::EVENT_BUDGET_PER_MS,
+                &config.event_budget_per_ms,
+                true,
+            )
             .load(OBJECT)
             .map_err(|source| {
                 let hint = if is_eperm(&source) { PRIV_HINT } else { "" };
-                DatapathError::Load { source: Box::new(source), hint }
+                DatapathError::Load {
+                    source: Box::new(source),
+                    hint,
+                }
             })?;
 
         // The logger owns the AYA_LOGS map: it must live as long as the programs that write to it.
@@ -157,10 +167,18 @@ impl Datapath {
                 .program_mut(name)
                 .ok_or(DatapathError::MissingMap(name))?
                 .try_into()
-                .map_err(|source| DatapathError::Program { program: name, source: Box::new(source), hint: "" })?;
+                .map_err(|source| DatapathError::Program {
+                    program: name,
+                    source: Box::new(source),
+                    hint: "",
+                })?;
             prog.load().map_err(|source| {
                 let hint = if is_eperm(&source) { PRIV_HINT } else { "" };
-                DatapathError::Program { program: name, source: Box::new(source), hint }
+                DatapathError::Program {
+                    program: name,
+                    source: Box::new(source),
+                    hint,
+                }
             })?;
         }
 
@@ -225,7 +243,8 @@ impl Datapath {
         if self.attachment.is_some() {
             self.detach()?;
         }
-        let c_iface = std::ffi::CString::new(iface).map_err(|_| DatapathError::NoSuchInterface(iface.into()))?;
+        let c_iface = std::ffi::CString::new(iface)
+            .map_err(|_| DatapathError::NoSuchInterface(iface.into()))?;
         // SAFETY: a valid NUL-terminated string.
         if unsafe { libc::if_nametoindex(c_iface.as_ptr()) } == 0 {
             return Err(DatapathError::NoSuchInterface(iface.into()));
@@ -243,7 +262,11 @@ impl Datapath {
                 ),
             };
             prog.attach(iface, flags).map_err(|source| {
-                let hint = if is_eperm(&source) { "Attaching needs root (CAP_NET_ADMIN)" } else { hint };
+                let hint = if is_eperm(&source) {
+                    "Attaching needs root (CAP_NET_ADMIN)"
+                } else {
+                    hint
+                };
                 DatapathError::Attach {
                     iface: iface.into(),
                     mode: m.as_str(),
@@ -257,7 +280,9 @@ impl Datapath {
             AttachMode::Auto => match try_mode(prog, AttachMode::Driver) {
                 Ok(link) => (link, AttachMode::Driver),
                 Err(e) => {
-                    log::warn!("native XDP refused on {iface} ({e}); falling back to generic (skb) mode");
+                    log::warn!(
+                        "native XDP refused on {iface} ({e}); falling back to generic (skb) mode"
+                    );
                     (try_mode(prog, AttachMode::Skb)?, AttachMode::Skb)
                 }
             },
@@ -296,12 +321,20 @@ impl Datapath {
     }
 
     /// Runs the datapath `repeat` times on `frame`; returns the action and the kernel's mean time per run.
-    pub fn test_run_repeat(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), DatapathError> {
+    pub fn test_run_repeat(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Duration), DatapathError> {
         run(self.program(programs::NETGUARD), frame, repeat)
     }
 
     /// Like `test_run_repeat`, for the trivial `return XDP_PASS` program of the same object.
-    pub fn baseline_test_run_repeat(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), DatapathError> {
+    pub fn baseline_test_run_repeat(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Duration), DatapathError> {
         run(self.program(programs::BASELINE_PASS), frame, repeat)
     }
 
@@ -373,12 +406,15 @@ impl Datapath {
 
     /// The global counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, DatapathError> {
-        let per_cpu = self.counters.get(&0, 0).map_err(|source| DatapathError::Map {
-            op: "lookup",
-            map: maps::COUNTERS,
-            detail: "slot 0".into(),
-            source: Box::new(source),
-        })?;
+        let per_cpu = self
+            .counters
+            .get(&0, 0)
+            .map_err(|source| DatapathError::Map {
+                op: "lookup",
+                map: maps::COUNTERS,
+                detail: "slot 0".into(),
+                source: Box::new(source),
+            })?;
         let mut total = Counters::default();
         for cpu in per_cpu.iter() {
             for (t, v) in total.v.iter_mut().zip(cpu.v.iter()) {
@@ -424,7 +460,9 @@ fn run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, Duration), Datapat
         repeat,
         ..Default::default()
     };
-    let res = prog.test_run(opts).map_err(|e| DatapathError::TestRun(Box::new(e)))?;
+    let res = prog
+        .test_run(opts)
+        .map_err(|e| DatapathError::TestRun(Box::new(e)))?;
     Ok((res.return_value, res.duration))
 }
 

@@ -45,7 +45,10 @@ pub(crate) struct Bucket {
 pub enum Dest {
     #[default]
     Nothing,
-    One { ip: IpAddr, port: Option<u16> },
+    One {
+        ip: IpAddr,
+        port: Option<u16>,
+    },
     Several,
 }
 

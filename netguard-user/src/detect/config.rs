@@ -128,7 +128,8 @@ impl ResponseConfig {
         let p = self.class.get(class);
         (
             p.and_then(|p| p.min_risk).unwrap_or(self.min_risk),
-            p.and_then(|p| p.min_confidence).unwrap_or(self.min_confidence),
+            p.and_then(|p| p.min_confidence)
+                .unwrap_or(self.min_confidence),
         )
     }
 }
@@ -254,7 +255,10 @@ impl DetectConfig {
             }
         }
         if self.response.min_risk > 100 {
-            return bad("detect.response.min_risk", "must be between 0 and 100".into());
+            return bad(
+                "detect.response.min_risk",
+                "must be between 0 and 100".into(),
+            );
         }
         if self.response.forgeable_ttl.is_zero() {
             return bad(

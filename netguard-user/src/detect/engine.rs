@@ -148,7 +148,6 @@ impl Detector {
         std::mem::take(&mut self.rejected)
     }
 
-
     pub fn model(&self) -> Option<&Model> {
         self.model.as_ref()
     }
@@ -184,21 +183,23 @@ impl Detector {
             self.make_room(v.ts);
             let mut cands = self.candidates(v);
             // Every verdict, from the model or a rule, must show its class's defining evidence.
-            cands.retain(|class, cand| match evidence::check(class, v, &self.cfg.evidence) {
-                Ok(facts) => {
-                    cand.facts = facts;
-                    true
-                }
-                Err(why) => {
-                    self.rejected.push(Rejected {
-                        src: v.src,
-                        class: class.clone(),
-                        by: cand.rules.first().map_or("model", String::as_str).into(),
-                        why,
-                    });
-                    false
-                }
-            });
+            cands.retain(
+                |class, cand| match evidence::check(class, v, &self.cfg.evidence) {
+                    Ok(facts) => {
+                        cand.facts = facts;
+                        true
+                    }
+                    Err(why) => {
+                        self.rejected.push(Rejected {
+                            src: v.src,
+                            class: class.clone(),
+                            by: cand.rules.first().map_or("model", String::as_str).into(),
+                            why,
+                        });
+                        false
+                    }
+                },
+            );
             let st = self.state.entry(v.src).or_default();
             st.last_seen = Some(v.ts);
             // Persistence: consecutive windows in which the same class was raised.
@@ -310,11 +311,14 @@ impl Detector {
         // Graduated: below the class's risk and confidence the verdict is only alerted, for rules
         // and the model alike.
         let (min_risk, min_confidence) = resp.block_threshold(class);
-        let warrants_block = base_ttl.is_some() && cand.confidence >= min_confidence && risk >= min_risk;
+        let warrants_block =
+            base_ttl.is_some() && cand.confidence >= min_confidence && risk >= min_risk;
         let wants_block = !resp.dry_run && blockable && !blocked_now && warrants_block;
         // An address the host depends on is never blocked: the alert says so, once per cooldown.
         let protected = if wants_block {
-            self.trust.as_ref().and_then(|t| t.never_block.conflict(&IpNet::from(v.src)))
+            self.trust
+                .as_ref()
+                .and_then(|t| t.never_block.conflict(&IpNet::from(v.src)))
         } else {
             None
         };
@@ -366,7 +370,10 @@ impl Detector {
                 cidr: IpNet::from(v.src),
                 ttl,
                 reason: if proven {
-                    format!("auto: {class} ({why}, risk {risk}, offence {})", st.offenses)
+                    format!(
+                        "auto: {class} ({why}, risk {risk}, offence {})",
+                        st.offenses
+                    )
                 } else {
                     format!("auto: {class} ({why}, risk {risk}, limited: no handshake or log line)")
                 },
@@ -399,20 +406,32 @@ impl Detector {
         }
         evidence.insert(
             "justified_by".into(),
-            cand.facts.iter().map(Fact::describe).collect::<Vec<_>>().into(),
+            cand.facts
+                .iter()
+                .map(Fact::describe)
+                .collect::<Vec<_>>()
+                .into(),
         );
         if warrants_block && !blockable && v.src != OVERFLOW_SRC {
             evidence.insert("allowlisted".into(), true.into());
         }
         if let Some(p) = &protected {
             evidence.insert("never_block".into(), p.reason().into());
-            evidence.insert("never_block_origin".into(), serde_json::to_value(p.origin).unwrap_or_default());
+            evidence.insert(
+                "never_block_origin".into(),
+                serde_json::to_value(p.origin).unwrap_or_default(),
+            );
         }
         if block.is_some() || protected.is_some() {
             evidence.insert("handshake".into(), handshake.into());
             evidence.insert(
                 "response".into(),
-                if proven { "full" } else { "limited: no completed handshake and no log line, so the source may be forged" }.into(),
+                if proven {
+                    "full"
+                } else {
+                    "limited: no completed handshake and no log line, so the source may be forged"
+                }
+                .into(),
             );
         }
         let mut shown: Vec<usize> = core_features(class).iter().map(|f| *f as usize).collect();

@@ -43,8 +43,8 @@ pub use fit::{
 pub use flows::mono_coarse_now_ns;
 pub use model::{MODEL_FORMAT, Model, Node, Prediction, Tree, bench_predict};
 pub use record::{Dataset, RECORD_MAGIC, read_dataset, record_row, write_record_header};
-pub use rules::{RULE_CLASSES, RulesConfig, ThresholdRule};
 pub(crate) use rules::compile as compile_rules;
+pub use rules::{RULE_CLASSES, RulesConfig, ThresholdRule};
 pub use windows::{Extractor, ExtractorStats, OVERFLOW_SRC};
 
 /// Output classes, in the order the model's class indices use. `benign` is never alerted.

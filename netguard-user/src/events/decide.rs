@@ -124,10 +124,8 @@ impl Events {
                     (None, false, false)
                 }
                 Err(e) => {
-                    let trust = matches!(
-                        e,
-                        ControlError::NeverBlock { .. } | ControlError::Capped(_)
-                    );
+                    let trust =
+                        matches!(e, ControlError::NeverBlock { .. } | ControlError::Capped(_));
                     let capped = matches!(e, ControlError::Capped(_));
                     // Refused as REST would refuse it (an allowlisted source): the alert says so.
                     if !matches!(e, ControlError::Invalid(_)) && !trust {

@@ -187,11 +187,16 @@ impl Events {
                 // sensor's own log, so they corroborate a global block only by their VMs (the next
                 // live own-log failure still does).
                 let replayed_trips = self.count(&refs, false).len();
-                log::debug!("replayed {} stored host event(s) ({replayed_trips} old threshold(s) reached again, not acted on)", refs.len());
+                log::debug!(
+                    "replayed {} stored host event(s) ({replayed_trips} old threshold(s) reached again, not acted on)",
+                    refs.len()
+                );
                 refs.len()
             }
             Err(e) => {
-                log::warn!("could not restore failed-login counts from the store ({e}); counting starts from zero");
+                log::warn!(
+                    "could not restore failed-login counts from the store ({e}); counting starts from zero"
+                );
                 0
             }
         }

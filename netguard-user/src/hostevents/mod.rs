@@ -7,9 +7,9 @@
 //!                              └─ lines ─► sshd::LineParser ─► HostEvent ─► mpsc::Sender
 //! ```
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

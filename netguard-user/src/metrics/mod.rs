@@ -311,7 +311,9 @@ impl Metrics {
     /// `netguard_store_backlog{kind}` from [`netguard_store::Store::queued_by_class`].
     pub fn set_store_backlog(&self, by_class: &[(netguard_store::WriteClass, usize)]) {
         for (class, n) in by_class {
-            self.store_backlog.with_label_values(&[class.label()]).set(to_i64(*n));
+            self.store_backlog
+                .with_label_values(&[class.label()])
+                .set(to_i64(*n));
         }
     }
 

@@ -78,7 +78,11 @@ fn endpoint(s: &str) -> Option<(IpAddr, u16)> {
     let (addr, port) = s.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let word = |i: usize| -> Option<[u8; 4]> {
-        Some(u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?.to_ne_bytes())
+        Some(
+            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
     };
     let ip = match addr.len() {
         8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
@@ -195,7 +199,10 @@ mod tests {
     fn resolvers_from_a_resolv_conf() {
         let text = "# generated\nsearch lab.example\nnameserver 10.0.0.53\nnameserver fe80::1%eth0\n\
                     nameserver  2001:db8::53 \noptions ndots:2\nnameserver bogus\n";
-        assert_eq!(resolvers(text), [ip("10.0.0.53"), ip("fe80::1"), ip("2001:db8::53")]);
+        assert_eq!(
+            resolvers(text),
+            [ip("10.0.0.53"), ip("fe80::1"), ip("2001:db8::53")]
+        );
     }
 
     #[test]
@@ -235,7 +242,11 @@ mod tests {
            1: 0000000000000000FFFF00000100090A:0016 0000000000000000FFFF00000500090A:C351 01 0\n";
         let s = sockets(v6);
         assert_eq!(s[0].remote, (ip("2001:db8::2"), 50000));
-        assert_eq!(s[1].remote, (ip("10.9.0.5"), 50001), "v4-mapped peers are IPv4");
+        assert_eq!(
+            s[1].remote,
+            (ip("10.9.0.5"), 50001),
+            "v4-mapped peers are IPv4"
+        );
     }
 
     #[test]

@@ -127,7 +127,12 @@ pub struct Protected {
 impl Protected {
     /// The refusal text, for alerts and 4xx answers.
     pub fn reason(&self) -> String {
-        format!("{} is {} ({})", self.cidr, self.origin.describe(), self.detail)
+        format!(
+            "{} is {} ({})",
+            self.cidr,
+            self.origin.describe(),
+            self.detail
+        )
     }
 }
 
@@ -198,8 +203,9 @@ impl NeverBlock {
     /// Drops SSH sessions whose connection is no longer established (after a short grace for
     /// connections the socket table has not shown yet) and API clients idle past the session time.
     pub fn prune(&self, established: &HashSet<(IpAddr, u16)>) {
-        let session = chrono::Duration::from_std(*self.api_session.read().unwrap_or_else(|p| p.into_inner()))
-            .unwrap_or(chrono::Duration::MAX);
+        let session =
+            chrono::Duration::from_std(*self.api_session.read().unwrap_or_else(|p| p.into_inner()))
+                .unwrap_or(chrono::Duration::MAX);
         let now = Utc::now();
         let mut s = self.write();
         s.ssh
@@ -209,8 +215,9 @@ impl NeverBlock {
 
     /// Every entry, most specific origin first per address.
     pub fn list(&self) -> Vec<Protected> {
-        let session = chrono::Duration::from_std(*self.api_session.read().unwrap_or_else(|p| p.into_inner()))
-            .unwrap_or(chrono::Duration::MAX);
+        let session =
+            chrono::Duration::from_std(*self.api_session.read().unwrap_or_else(|p| p.into_inner()))
+                .unwrap_or(chrono::Duration::MAX);
         let s = self.read();
         let mut out = s.derived.clone();
         out.extend(s.ssh.iter().map(|((ip, port), (user, _))| Protected {
@@ -316,7 +323,11 @@ pub struct FleetFacts {
 }
 
 /// Builds the derived entries from one look at the host and the fleet.
-pub fn derive_entries(host: &derive::HostFacts, fleet: &FleetFacts, cfg: &TrustConfig) -> Vec<Protected> {
+pub fn derive_entries(
+    host: &derive::HostFacts,
+    fleet: &FleetFacts,
+    cfg: &TrustConfig,
+) -> Vec<Protected> {
     let one = |ip: IpAddr, origin, detail: String| Protected {
         cidr: IpNet::from(ip),
         origin,
@@ -324,11 +335,35 @@ pub fn derive_entries(host: &derive::HostFacts, fleet: &FleetFacts, cfg: &TrustC
         expires_at: None,
     };
     let mut out = Vec::new();
-    out.extend(host.own.iter().filter(|ip| !ip.is_loopback()).map(|ip| one(*ip, Origin::OwnAddress, "interface address".into())));
-    out.extend(host.next_hops.iter().map(|ip| one(*ip, Origin::RouteNextHop, "from the routing table".into())));
-    out.extend(host.resolvers.iter().map(|ip| one(*ip, Origin::Resolver, "/etc/resolv.conf".into())));
-    out.extend(fleet.redis.iter().filter(|ip| !ip.is_loopback()).map(|ip| one(*ip, Origin::Redis, "store.redis".into())));
-    out.extend(fleet.peers.iter().map(|(id, ip)| one(*ip, Origin::FleetPeer, format!("sensor {id}"))));
+    out.extend(
+        host.own
+            .iter()
+            .filter(|ip| !ip.is_loopback())
+            .map(|ip| one(*ip, Origin::OwnAddress, "interface address".into())),
+    );
+    out.extend(
+        host.next_hops
+            .iter()
+            .map(|ip| one(*ip, Origin::RouteNextHop, "from the routing table".into())),
+    );
+    out.extend(
+        host.resolvers
+            .iter()
+            .map(|ip| one(*ip, Origin::Resolver, "/etc/resolv.conf".into())),
+    );
+    out.extend(
+        fleet
+            .redis
+            .iter()
+            .filter(|ip| !ip.is_loopback())
+            .map(|ip| one(*ip, Origin::Redis, "store.redis".into())),
+    );
+    out.extend(
+        fleet
+            .peers
+            .iter()
+            .map(|(id, ip)| one(*ip, Origin::FleetPeer, format!("sensor {id}"))),
+    );
     out.extend(cfg.never_block.iter().map(|n| Protected {
         cidr: canonical(&n.trunc()),
         origin: Origin::Config,
@@ -344,7 +379,9 @@ pub fn publishable(own: &std::collections::BTreeSet<IpAddr>) -> Vec<IpAddr> {
         .copied()
         .filter(|ip| match ip {
             IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
-            IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local() && !v6.is_unspecified(),
+            IpAddr::V6(v6) => {
+                !v6.is_loopback() && !v6.is_unicast_link_local() && !v6.is_unspecified()
+            }
         })
         .collect()
 }

@@ -106,18 +106,25 @@ impl RefreshContext {
             registered_at: chrono::Utc::now(),
             labels: Default::default(),
         });
-        let text = mine.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        let text = mine
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         sensor.labels.insert(ADDRESSES_LABEL.into(), text);
         match self.store.put_sensor(&sensor).await {
             Ok(()) => *published = mine,
-            Err(e) => log::warn!("could not publish this sensor's addresses to the fleet (they stay unprotected on the other sensors until it works): {e}"),
+            Err(e) => log::warn!(
+                "could not publish this sensor's addresses to the fleet (they stay unprotected on the other sensors until it works): {e}"
+            ),
         }
     }
 }
 
 /// Refreshes forever, every `cfg.refresh`.
 pub async fn run(ctx: RefreshContext, mut published: Vec<IpAddr>) {
-    let mut every = tokio::time::interval(ctx.cfg.refresh.max(std::time::Duration::from_millis(100)));
+    let mut every =
+        tokio::time::interval(ctx.cfg.refresh.max(std::time::Duration::from_millis(100)));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
@@ -132,10 +139,19 @@ mod tests {
     #[test]
     fn redis_hosts_from_urls_without_their_secrets() {
         let h = |u: &str| redis_host(u);
-        assert_eq!(h("redis://10.9.0.2:6390/0"), Some(("10.9.0.2".into(), 6390)));
-        assert_eq!(h("rediss://user:s3cret@cache.lab:6380"), Some(("cache.lab".into(), 6380)));
+        assert_eq!(
+            h("redis://10.9.0.2:6390/0"),
+            Some(("10.9.0.2".into(), 6390))
+        );
+        assert_eq!(
+            h("rediss://user:s3cret@cache.lab:6380"),
+            Some(("cache.lab".into(), 6380))
+        );
         assert_eq!(h("redis://:p@ss@10.0.0.1"), Some(("10.0.0.1".into(), 6379)));
-        assert_eq!(h("redis://[2001:db8::2]:7000/1"), Some(("2001:db8::2".into(), 7000)));
+        assert_eq!(
+            h("redis://[2001:db8::2]:7000/1"),
+            Some(("2001:db8::2".into(), 7000))
+        );
         assert_eq!(h("unix:///run/redis.sock"), None);
         assert_eq!(h("redis://"), None);
     }

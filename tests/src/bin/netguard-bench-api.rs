@@ -347,7 +347,11 @@ async fn block_and_health(s: &Stack, first: u32) -> Result<(Vec<Duration>, Vec<D
         let resp = client.get(s.url("/api/v1/health")).send().await?;
         // The bench's datapath is loaded, not attached: /health answers 503 "degraded", with the
         // same work done.
-        ensure!(matches!(resp.status().as_u16(), 200 | 503), "health: {}", resp.status());
+        ensure!(
+            matches!(resp.status().as_u16(), 200 | 503),
+            "health: {}",
+            resp.status()
+        );
         resp.bytes().await?;
         health.push(t.elapsed());
     }
@@ -370,11 +374,16 @@ async fn million_with_hit_flood() -> Result<()> {
             } else {
                 format!("{}/24", Ipv4Addr::from(0xac10_0000 | ((i % 1_000) << 8)))
             };
-            EntryRequest { cidr, ..EntryRequest::default() }
+            EntryRequest {
+                cidr,
+                ..EntryRequest::default()
+            }
         })
         .collect();
     let t = Instant::now();
-    s.control.put(ListKind::Block, &reqs, EntrySource::Manual).await?;
+    s.control
+        .put(ListKind::Block, &reqs, EntrySource::Manual)
+        .await?;
     let load = t.elapsed();
     drop(reqs);
     let (quiet_block, quiet_health) = block_and_health(&s, 0x100).await?;
@@ -389,7 +398,8 @@ async fn million_with_hit_flood() -> Result<()> {
             let dst = std::net::IpAddr::V4(SEN);
             let mut i = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let src = std::net::IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (i % FLOOD_SOURCES + 1)));
+                let src =
+                    std::net::IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (i % FLOOD_SOURCES + 1)));
                 control.on_block_hit(src, dst, 22, 6).await;
                 hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 i = i.wrapping_add(7919);
@@ -400,17 +410,26 @@ async fn million_with_hit_flood() -> Result<()> {
     // Past each source's first hit alert (a store write), so that what is measured is the lookup
     // that every later hit costs.
     let warm = Instant::now();
-    while hits.load(std::sync::atomic::Ordering::Relaxed) < 20 * u64::from(FLOOD_SOURCES) && warm.elapsed() < Duration::from_secs(10) {
+    while hits.load(std::sync::atomic::Ordering::Relaxed) < 20 * u64::from(FLOOD_SOURCES)
+        && warm.elapsed() < Duration::from_secs(10)
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let t = Instant::now();
     let h0 = hits.load(std::sync::atomic::Ordering::Relaxed);
     let (flood_block, flood_health) = block_and_health(&s, 0x1000).await?;
-    let rate = (hits.load(std::sync::atomic::Ordering::Relaxed) - h0) as f64 / t.elapsed().as_secs_f64();
+    let rate =
+        (hits.load(std::sync::atomic::Ordering::Relaxed) - h0) as f64 / t.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flood.await?;
-    println!("4. {MILLION} blocklist entries (loaded through Control::put in {}), {SINGLES} samples each", ms(load));
-    for (what, quiet, busy) in [("block POST -> XDP_DROP", &quiet_block, &flood_block), ("GET /health", &quiet_health, &flood_health)] {
+    println!(
+        "4. {MILLION} blocklist entries (loaded through Control::put in {}), {SINGLES} samples each",
+        ms(load)
+    );
+    for (what, quiet, busy) in [
+        ("block POST -> XDP_DROP", &quiet_block, &flood_block),
+        ("GET /health", &quiet_health, &flood_health),
+    ] {
         println!(
             "   {what}: quiet p50 {} p99 {}; during the hit flood p50 {} p99 {}",
             ms(pct(quiet, 0.5)),
@@ -419,7 +438,9 @@ async fn million_with_hit_flood() -> Result<()> {
             ms(pct(busy, 0.99))
         );
     }
-    println!("   hit flood: {rate:.0} on_block_hit/s from {FLOOD_SOURCES} blocked /32s during the samples");
+    println!(
+        "   hit flood: {rate:.0} on_block_hit/s from {FLOOD_SOURCES} blocked /32s during the samples"
+    );
     s.stop().await;
     Ok(())
 }

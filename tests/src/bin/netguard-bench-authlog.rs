@@ -36,7 +36,7 @@ use netguard_tests::{
     fixtures::{XDP_DROP, small_config, tcp},
     frames::FrameSpec,
     netns::{ATTACKER_IF, NetnsPair, SENSOR_IF, SENSOR_V4, SENSOR_V6, run_in},
-    sshd::{LabSshd, TestUser, Hydra, word_file},
+    sshd::{Hydra, LabSshd, TestUser, word_file},
 };
 use netguard_user::{
     control::{Control, ControlConfig},
@@ -167,7 +167,8 @@ fn attack(
         std::thread::spawn(move || watch_log(path, src, offset, count, line_at, stop))
     };
     let frame = frame_from(src);
-    let hydra = Hydra::start(&lab.attacker, work, words, user, src.is_ipv6()).context("start hydra")?;
+    let hydra =
+        Hydra::start(&lab.attacker, work, words, user, src.is_ipv6()).context("start hydra")?;
     let start = Instant::now();
     let (drop_at, at_block) = loop {
         let verdict = dp.lock().unwrap().test_run(&frame)?;

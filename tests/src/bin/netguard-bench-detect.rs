@@ -29,7 +29,9 @@ const GIVE_UP: Duration = Duration::from_secs(12);
 
 fn main() {
     let model = Model::load(DEFAULT_MODEL).unwrap_or_else(|e| {
-        eprintln!("cannot load the shipped model {DEFAULT_MODEL}: {e} (make it with `cargo xtask train`)");
+        eprintln!(
+            "cannot load the shipped model {DEFAULT_MODEL}: {e} (make it with `cargo xtask train`)"
+        );
         std::process::exit(1);
     });
     inference(&model);
@@ -73,8 +75,14 @@ fn inference(model: &Model) {
     bench_predict(model, &rows, 1); // warm-up
     let ns = bench_predict(model, &rows, reps);
     let n = reps * rows.len();
-    println!("== inference: shipped model ({} rows × {reps} passes = {n} predictions)", rows.len());
-    println!("   {ns:.1} ns per feature vector (goal <= 1000 ns: {:.4}× the budget)", ns / 1000.0);
+    println!(
+        "== inference: shipped model ({} rows × {reps} passes = {n} predictions)",
+        rows.len()
+    );
+    println!(
+        "   {ns:.1} ns per feature vector (goal <= 1000 ns: {:.4}× the budget)",
+        ns / 1000.0
+    );
 }
 
 struct Attack {
@@ -86,28 +94,94 @@ struct Attack {
 const ATTACKS: [Attack; 4] = [
     Attack {
         class: "syn_flood",
-        argv: &["hping3", "-q", "-I", ATTACKER_IF, "-S", "-p", "80", "-i", "u500", "-c", "10000", "-a", "{src}", "{dst}"],
+        argv: &[
+            "hping3",
+            "-q",
+            "-I",
+            ATTACKER_IF,
+            "-S",
+            "-p",
+            "80",
+            "-i",
+            "u500",
+            "-c",
+            "10000",
+            "-a",
+            "{src}",
+            "{dst}",
+        ],
     },
     Attack {
         class: "udp_flood",
-        argv: &["hping3", "-q", "-I", ATTACKER_IF, "--udp", "-p", "53", "-d", "64", "-i", "u500", "-c", "10000", "-a", "{src}", "{dst}"],
+        argv: &[
+            "hping3",
+            "-q",
+            "-I",
+            ATTACKER_IF,
+            "--udp",
+            "-p",
+            "53",
+            "-d",
+            "64",
+            "-i",
+            "u500",
+            "-c",
+            "10000",
+            "-a",
+            "{src}",
+            "{dst}",
+        ],
     },
     Attack {
         class: "icmp_flood",
-        argv: &["hping3", "-q", "-I", ATTACKER_IF, "--icmp", "-d", "56", "-i", "u500", "-c", "10000", "-a", "{src}", "{dst}"],
+        argv: &[
+            "hping3",
+            "-q",
+            "-I",
+            ATTACKER_IF,
+            "--icmp",
+            "-d",
+            "56",
+            "-i",
+            "u500",
+            "-c",
+            "10000",
+            "-a",
+            "{src}",
+            "{dst}",
+        ],
     },
     Attack {
         class: "port_scan",
         argv: &[
-            "nmap", "-n", "-Pn", "-sS", "-T4", "-p", "1-5000", "--max-rate", "800", "--max-retries", "1",
-            "--host-timeout", "15s", "-e", ATTACKER_IF, "-S", "{src}", "{dst}",
+            "nmap",
+            "-n",
+            "-Pn",
+            "-sS",
+            "-T4",
+            "-p",
+            "1-5000",
+            "--max-rate",
+            "800",
+            "--max-retries",
+            "1",
+            "--host-timeout",
+            "15s",
+            "-e",
+            ATTACKER_IF,
+            "-S",
+            "{src}",
+            "{dst}",
         ],
     },
 ];
 
 fn time_to_alert() {
     let bin = netguard_tests::daemon::netguard_bin();
-    println!("== time from attack start to the alert and to the block on the WebSocket ({RUNS} runs per class, fresh daemon each, start phases spread over the 1 s tick; daemon {})", bin.display());
+    println!(
+        "== time from attack start to the alert and to the block on the WebSocket ({RUNS} runs per class, fresh daemon each, start phases spread over the 1 s tick; daemon {})",
+        bin.display()
+    );
     for (ci, a) in ATTACKS.iter().enumerate() {
         let (mut alert, mut block) = (Vec::new(), Vec::new());
         for run in 0..RUNS {
@@ -116,7 +190,11 @@ fn time_to_alert() {
                     alert.push(t_alert);
                     match t_block {
                         Some(t) => block.push(t),
-                        None => println!("   {}: run {}: alerted, but no block within {GIVE_UP:?}", a.class, run + 1),
+                        None => println!(
+                            "   {}: run {}: alerted, but no block within {GIVE_UP:?}",
+                            a.class,
+                            run + 1
+                        ),
                     }
                 }
                 Err(e) => println!("   {}: run {}: {e}", a.class, run + 1),
@@ -151,10 +229,17 @@ fn one_run(a: &Attack, n: usize) -> Result<(Duration, Option<Duration>), String>
     while alert.is_none() || block.is_none() {
         let left = GIVE_UP.saturating_sub(t0.elapsed());
         match pushes.recv_timeout(left) {
-            Ok((at, v)) if v["type"] == "alert" && v["class"] == a.class && v["src_ip"] == src.as_str() => {
+            Ok((at, v))
+                if v["type"] == "alert" && v["class"] == a.class && v["src_ip"] == src.as_str() =>
+            {
                 alert.get_or_insert(at - t0);
             }
-            Ok((at, v)) if v["type"] == "block" && v["entries"].as_array().is_some_and(|e| e.iter().any(|e| e["cidr"] == cidr.as_str())) => {
+            Ok((at, v))
+                if v["type"] == "block"
+                    && v["entries"]
+                        .as_array()
+                        .is_some_and(|e| e.iter().any(|e| e["cidr"] == cidr.as_str())) =>
+            {
                 block.get_or_insert(at - t0);
             }
             Ok(_) => continue,
@@ -188,7 +273,10 @@ fn ws_pushes(ns: &str) -> mpsc::Receiver<(Instant, Value)> {
     let ns = ns.to_string();
     thread::spawn(move || {
         let _inside = netns::enter(&ns);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async move {
             let url = format!("ws://{API}/api/v1/ws?token={TOKEN}");
             let (mut ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {

@@ -16,13 +16,13 @@
 //!   how many events were sent, skipped over budget, or lost to a full ring buffer.
 
 use anyhow::{Context, Result, bail};
+use ipnet::IpNet;
 use netguard_common::{Counter, Counters};
 use netguard_tests::frames::{FrameSpec, L4};
 use netguard_tests::prefixes::{
     HOSTS, PrefixIndex, first_uncovered, inside_but_not_host, million_v4,
 };
 use netguard_user::datapath::{Datapath, DatapathConfig};
-use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 

@@ -46,7 +46,11 @@ fn shuffled(n: usize, seed: u64) -> Vec<usize> {
 fn api_get(token: &str, path: &str) -> Result<Value> {
     let auth = format!("Authorization: Bearer {token}");
     let url = format!("http://{LISTEN}{path}");
-    let body = procs::output(SENSOR.ns, &["curl", "-sf", "--max-time", "5", "-H", &auth, &url], Duration::from_secs(8))?;
+    let body = procs::output(
+        SENSOR.ns,
+        &["curl", "-sf", "--max-time", "5", "-H", &auth, &url],
+        Duration::from_secs(8),
+    )?;
     serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body}"))
 }
 
@@ -56,7 +60,12 @@ fn run_one(ctx: &Ctx, sc: &Scenario, logs: &Path) -> Result<()> {
     std::fs::create_dir_all(logs)?;
     let spawn = |tag: &str, i: usize, step: &super::scenarios::Step| -> Result<Proc> {
         topology::set_source(step.host.ns, step.src)?;
-        Proc::spawn(step.host.ns, &step.argv, step.limit, &logs.join(format!("{tag}{i}.log")))
+        Proc::spawn(
+            step.host.ns,
+            &step.argv,
+            step.limit,
+            &logs.join(format!("{tag}{i}.log")),
+        )
     };
     let mut background = Vec::new();
     for (i, step) in sc.background.steps(ctx.files).iter().enumerate() {
@@ -88,9 +97,18 @@ fn run_one(ctx: &Ctx, sc: &Scenario, logs: &Path) -> Result<()> {
 
 /// Runs the benign scenarios of `plan`, shuffled by `seed`, for at least `length` (or until `rounds`
 /// rounds are done), against one daemon with blocking on; returns what it alerted and blocked.
-pub fn run(ctx: &Ctx, plan: &[Scenario], length: Duration, seed: u64, rounds: Option<u64>) -> Result<SoakReport> {
+pub fn run(
+    ctx: &Ctx,
+    plan: &[Scenario],
+    length: Duration,
+    seed: u64,
+    rounds: Option<u64>,
+) -> Result<SoakReport> {
     let benign: Vec<&Scenario> = plan.iter().filter(|s| s.class == Label::Benign).collect();
-    anyhow::ensure!(!benign.is_empty(), "the plan has no benign scenario to soak");
+    anyhow::ensure!(
+        !benign.is_empty(),
+        "the plan has no benign scenario to soak"
+    );
     let state = ctx.work.join("state").join("soak");
     let _ = std::fs::remove_dir_all(&state);
     let logs = ctx.work.join("logs").join("soak");
@@ -100,7 +118,14 @@ pub fn run(ctx: &Ctx, plan: &[Scenario], length: Duration, seed: u64, rounds: Op
         dry_run: false,
         ..ctx.flags
     };
-    let sensor = Sensor::start(ctx.bin, flags, &state, &logs.join("unused.csv"), &ctx.files.sshd_log, &logs.join("netguard.log"))?;
+    let sensor = Sensor::start(
+        ctx.bin,
+        flags,
+        &state,
+        &logs.join("unused.csv"),
+        &ctx.files.sshd_log,
+        &logs.join("netguard.log"),
+    )?;
     let begin = Instant::now();
     let mut runs = Vec::new();
     let mut round = 0u64;
@@ -111,7 +136,16 @@ pub fn run(ctx: &Ctx, plan: &[Scenario], length: Duration, seed: u64, rounds: Op
             }
             let sc = benign[i];
             let t0 = Instant::now();
-            util::say("soak", format!("{} (round {}, {} of {} min)", sc.name, round + 1, begin.elapsed().as_secs() / 60, length.as_secs() / 60));
+            util::say(
+                "soak",
+                format!(
+                    "{} (round {}, {} of {} min)",
+                    sc.name,
+                    round + 1,
+                    begin.elapsed().as_secs() / 60,
+                    length.as_secs() / 60
+                ),
+            );
             run_one(ctx, sc, &logs.join(format!("{}-{round}", sc.name)))?;
             runs.push((sc.name.clone(), t0.elapsed().as_secs_f64()));
         }
@@ -122,9 +156,16 @@ pub fn run(ctx: &Ctx, plan: &[Scenario], length: Duration, seed: u64, rounds: Op
     }
     // The last windows close within a tick or two.
     procs::sleep(Duration::from_secs(3))?;
-    let token = std::fs::read_to_string(state.join("admin.token")).context("the soak daemon's admin token")?;
-    let alerts = api_get(token.trim(), "/api/v1/alerts?limit=1000")?.as_array().cloned().unwrap_or_default();
-    let blocks = api_get(token.trim(), "/api/v1/blocklist?limit=1000")?.as_array().cloned().unwrap_or_default();
+    let token = std::fs::read_to_string(state.join("admin.token"))
+        .context("the soak daemon's admin token")?;
+    let alerts = api_get(token.trim(), "/api/v1/alerts?limit=1000")?
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let blocks = api_get(token.trim(), "/api/v1/blocklist?limit=1000")?
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let _ = sensor.stop();
     Ok(SoakReport {
         took: begin.elapsed(),
@@ -142,11 +183,18 @@ pub fn print(r: &SoakReport) {
         e.0 += 1;
         e.1 += secs;
     }
-    println!("== benign soak: {} of everyday families interleaved, one daemon, blocking on, shipped model", runner::clock(r.took));
+    println!(
+        "== benign soak: {} of everyday families interleaved, one daemon, blocking on, shipped model",
+        runner::clock(r.took)
+    );
     for (name, (n, secs)) in &by_family {
         println!("   {name:<32} {n:>2} run(s), {secs:>5.0} s");
     }
-    println!("   alerts: {} (goal 0), blocks: {} (goal 0)", r.alerts.len(), r.blocks.len());
+    println!(
+        "   alerts: {} (goal 0), blocks: {} (goal 0)",
+        r.alerts.len(),
+        r.blocks.len()
+    );
     for a in &r.alerts {
         println!(
             "   alert: {} from {} ({}, risk {}, {})",
@@ -158,7 +206,11 @@ pub fn print(r: &SoakReport) {
         );
     }
     for b in &r.blocks {
-        println!("   block: {} ({})", b["cidr"].as_str().unwrap_or("?"), b["reason"].as_str().unwrap_or(""));
+        println!(
+            "   block: {} ({})",
+            b["cidr"].as_str().unwrap_or("?"),
+            b["reason"].as_str().unwrap_or("")
+        );
     }
 }
 

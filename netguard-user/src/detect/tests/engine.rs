@@ -379,8 +379,15 @@ fn a_confident_verdict_without_the_class_intensity_never_blocks() {
         assert!(out.is_empty(), "{out:?}");
         let rejected = d.take_rejected();
         assert_eq!(rejected.len(), 1);
-        assert_eq!((rejected[0].class.as_str(), rejected[0].by.as_str()), ("syn_flood", "model"));
-        assert!(rejected[0].why.to_string().contains("syn_ratio_10s"), "{}", rejected[0].why);
+        assert_eq!(
+            (rejected[0].class.as_str(), rejected[0].by.as_str()),
+            ("syn_flood", "model")
+        );
+        assert!(
+            rejected[0].why.to_string().contains("syn_ratio_10s"),
+            "{}",
+            rejected[0].why
+        );
     }
     // The same model on an actual flood blocks at once.
     let flood = vector(
@@ -415,9 +422,20 @@ fn sources_quiet_in_the_closing_tick_and_thin_aggregates_are_not_judged_by_the_m
         (F::HalfOpenRatio, 1.0),
     ];
     // The same 10 s window, once while sending and once after the transfer ended.
-    assert_eq!(d.evaluate(&[vector("198.51.100.8", 0, &busy)]).len(), 1, "active: judged");
-    let drained = vector("198.51.100.9", 1, &[(F::PktsPerS10s, 500.0), (F::PktsPerS1s, 0.0)]);
-    assert!(d.evaluate(&[drained]).is_empty(), "quiet in the closing tick: not judged");
+    assert_eq!(
+        d.evaluate(&[vector("198.51.100.8", 0, &busy)]).len(),
+        1,
+        "active: judged"
+    );
+    let drained = vector(
+        "198.51.100.9",
+        1,
+        &[(F::PktsPerS10s, 500.0), (F::PktsPerS1s, 0.0)],
+    );
+    assert!(
+        d.evaluate(&[drained]).is_empty(),
+        "quiet in the closing tick: not judged"
+    );
 
     // The aggregate row: a handful of stray sources is not a flood, thousands of forged ones are.
     let agg = |sources: f32, at| {
@@ -465,7 +483,11 @@ fn an_alert_under_the_block_risk_is_followed_by_a_block_within_the_cooldown() {
     );
     // The next window, stronger and the second in a row, is over the block risk.
     let second = d.evaluate(&[at(1, 1000.0)]);
-    assert_eq!(second.len(), 1, "the stronger window is sent despite the cooldown");
+    assert_eq!(
+        second.len(),
+        1,
+        "the stronger window is sent despite the cooldown"
+    );
     assert!(second[0].block.is_some(), "risk {}", second[0].alert.risk);
     assert_eq!(second[0].alert.action, "blocked");
     // Once blocked, further windows are only counted.
@@ -484,7 +506,12 @@ fn forgeable_evidence_gets_a_local_short_unescalated_block() {
         let out = d.evaluate(&[syn_flood("203.0.113.9", at)]);
         let b = out[0].block.as_ref().expect("still blocked");
         assert_eq!((b.ttl.as_secs(), b.scope.to_string().as_str()), (120, "s1"));
-        assert!(out[0].alert.evidence["response"].as_str().unwrap().starts_with("limited"));
+        assert!(
+            out[0].alert.evidence["response"]
+                .as_str()
+                .unwrap()
+                .starts_with("limited")
+        );
         assert_eq!(out[0].alert.evidence["handshake"], false);
         at += 121;
     }
@@ -499,7 +526,15 @@ fn forgeable_evidence_gets_a_local_short_unescalated_block() {
     }
     assert_eq!(ttls, [600, 1200]);
     // Failed logins in a log are evidence only a real peer produces.
-    let brute = vector("198.51.100.4", 0, &[(F::FailedAuth10s, 3.0), (F::SshNewFlows10s, 30.0), (F::ActiveSecs10s, 5.0)]);
+    let brute = vector(
+        "198.51.100.4",
+        0,
+        &[
+            (F::FailedAuth10s, 3.0),
+            (F::SshNewFlows10s, 30.0),
+            (F::ActiveSecs10s, 5.0),
+        ],
+    );
     let out = d.evaluate(&[brute]);
     assert_eq!(out[0].alert.class, "ssh_brute_force");
     assert_eq!(out[0].block.as_ref().unwrap().scope.to_string(), "global");
@@ -522,14 +557,28 @@ fn never_block_addresses_raise_one_refused_alert_per_cooldown() {
     let why = out[0].alert.evidence["never_block"].as_str().unwrap();
     assert!(why.contains("a resolver in /etc/resolv.conf"), "{why}");
     for s in 1..30 {
-        assert!(d.evaluate(&[syn_flood("10.9.0.53", s)]).is_empty(), "one refused alert per cooldown");
+        assert!(
+            d.evaluate(&[syn_flood("10.9.0.53", s)]).is_empty(),
+            "one refused alert per cooldown"
+        );
     }
     // Below the block threshold there is nothing to refuse: a plain alert.
     let mut cfg = DetectConfig::default();
-    cfg.response.class.insert("syn_flood".into(), ClassPolicy { min_risk: Some(100), min_confidence: None });
+    cfg.response.class.insert(
+        "syn_flood".into(),
+        ClassPolicy {
+            min_risk: Some(100),
+            min_confidence: None,
+        },
+    );
     let mut quiet = detector(cfg, "s1");
     quiet.set_trust(trust);
-    assert_eq!(quiet.evaluate(&[syn_flood("10.9.0.53", 100)])[0].alert.action, "alerted");
+    assert_eq!(
+        quiet.evaluate(&[syn_flood("10.9.0.53", 100)])[0]
+            .alert
+            .action,
+        "alerted"
+    );
 }
 
 #[test]
@@ -547,7 +596,11 @@ fn the_block_threshold_is_configured_per_class() {
     cfg.validate().unwrap();
     let mut d = detector(cfg, "s1");
     let out = d.evaluate(&[syn_flood("203.0.113.9", 0)]);
-    assert_eq!(out[0].alert.action, "alerted", "risk {} < 100", out[0].alert.risk);
+    assert_eq!(
+        out[0].alert.action, "alerted",
+        "risk {} < 100",
+        out[0].alert.risk
+    );
     let text = "[response.class.port_scan]\nmin_risk = 80\nmin_confidence = 0.9\n";
     let cfg: DetectConfig = toml::from_str(text).unwrap();
     assert_eq!(cfg.response.block_threshold("port_scan"), (80, 0.9));
@@ -563,13 +616,26 @@ fn a_verdict_contradicted_by_its_evidence_is_rejected_and_reported() {
     cfg.rules.thresholds.push(ThresholdRule {
         name: "loose".into(),
         class: "udp_flood".into(),
-        min: [("pkts_per_s_1s".to_string(), 1000.0)].into_iter().collect(),
+        min: [("pkts_per_s_1s".to_string(), 1000.0)]
+            .into_iter()
+            .collect(),
         enabled: true,
     });
     let mut d = detector(cfg, "s1");
-    let download = vector("198.51.100.30", 0, &[(F::PktsPerS1s, 2000.0), (F::TcpShare10s, 1.0), (F::ActiveSecs10s, 10.0)]);
+    let download = vector(
+        "198.51.100.30",
+        0,
+        &[
+            (F::PktsPerS1s, 2000.0),
+            (F::TcpShare10s, 1.0),
+            (F::ActiveSecs10s, 10.0),
+        ],
+    );
     assert!(d.evaluate(&[download]).is_empty());
     let r = d.take_rejected();
-    assert_eq!((r[0].class.as_str(), r[0].by.as_str()), ("udp_flood", "loose"));
+    assert_eq!(
+        (r[0].class.as_str(), r[0].by.as_str()),
+        ("udp_flood", "loose")
+    );
     assert!(d.take_rejected().is_empty(), "taken once");
 }

@@ -446,13 +446,29 @@ fn the_closing_tick_names_one_destination_host_and_port_or_none() {
     for i in 0..50u16 {
         s.pkt(key(A, DST, 1024 + i, 80, proto::TCP), 54, tf::SYN);
         s.pkt(key(B, DST, 2000, 1000 + i, proto::TCP), 58, tf::SYN);
-        s.pkt(key(C, [10, 0, 0, (i % 3) as u8 + 1], 3000, 53, proto::UDP), 80, 0);
+        s.pkt(
+            key(C, [10, 0, 0, (i % 3) as u8 + 1], 3000, 53, proto::UDP),
+            80,
+            0,
+        );
     }
     let out = s.tick();
     let flood = Sim::of(&out, A).unwrap();
-    assert_eq!((flood.dst_ip, flood.dst_port), (Some(v4(DST)), Some(80)), "one host, one port");
+    assert_eq!(
+        (flood.dst_ip, flood.dst_port),
+        (Some(v4(DST)), Some(80)),
+        "one host, one port"
+    );
     let scan = Sim::of(&out, B).unwrap();
-    assert_eq!((scan.dst_ip, scan.dst_port), (Some(v4(DST)), None), "one host, many ports");
+    assert_eq!(
+        (scan.dst_ip, scan.dst_port),
+        (Some(v4(DST)), None),
+        "one host, many ports"
+    );
     let sweep = Sim::of(&out, C).unwrap();
-    assert_eq!((sweep.dst_ip, sweep.dst_port), (None, None), "several hosts");
+    assert_eq!(
+        (sweep.dst_ip, sweep.dst_port),
+        (None, None),
+        "several hosts"
+    );
 }
