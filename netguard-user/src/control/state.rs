@@ -128,7 +128,7 @@ impl Mirror {
                 .range((net, Scope::Global)..)
                 .take_while(|((c, _), _)| *c == net)
                 .map(|(_, e)| e)
-                .filter(|e| keep(*e))
+                .filter(|e| keep(e))
                 .last();
             if found.is_some() {
                 return found;
@@ -243,11 +243,7 @@ mod tests {
     }
 
     /// The scan that `most_specific` replaces, kept as the reference.
-    fn scan<'a>(
-        m: &'a Mirror,
-        ip: IpAddr,
-        keep: impl Fn(&ListEntry) -> bool,
-    ) -> Option<&'a ListEntry> {
+    fn scan(m: &Mirror, ip: IpAddr, keep: impl Fn(&ListEntry) -> bool) -> Option<&ListEntry> {
         m.list(ListKind::Block)
             .values()
             .filter(|e| keep(e) && e.cidr.contains(&ip))
@@ -323,7 +319,7 @@ mod tests {
                     .map(|e| (e.cidr, e.scope.clone()));
                 assert_eq!(got, want, "round {round}, {ip}, until {until:?}");
             }
-            m.clear();
+            m = Mirror::default();
             assert_eq!(m.most_specific("10.0.0.1".parse().unwrap(), |_| true), None);
         }
     }
