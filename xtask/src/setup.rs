@@ -54,6 +54,8 @@ const LAB_PKGS: &[&str] = &[
     // its login user. Both are on a stock Debian 12; listed so a slim image gets them too.
     "python3",
     "passwd",
+    // The TLS tests make their CA and certificates with the openssl command.
+    "openssl",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
