@@ -90,6 +90,15 @@ impl Default for RulesConfig {
                     &[("pkts_per_s_1s", 1000.0), ("icmp_share_10s", 0.9)],
                 ),
                 rule("port_sweep", "port_scan", &[("dst_ports_10s", 100.0)]),
+                // A UDP scan sends one small datagram per port: 30 ports of nearly all-UDP traffic in
+                // 10 s is a sweep long before it reaches 100 (DNS, NTP, voice and QUIC clients talk
+                // to one or a few ports). The port-scan evidence check still wants few packets per
+                // flow.
+                rule(
+                    "udp_port_sweep",
+                    "port_scan",
+                    &[("dst_ports_10s", 30.0), ("udp_share_10s", 0.9)],
+                ),
                 rule(
                     "ssh_conn_rate",
                     "ssh_brute_force",

@@ -639,3 +639,36 @@ fn a_verdict_contradicted_by_its_evidence_is_rejected_and_reported() {
     );
     assert!(d.take_rejected().is_empty(), "taken once");
 }
+
+#[test]
+fn a_udp_sweep_is_a_scan_and_a_busy_dns_client_is_not() {
+    let mut d = detector(DetectConfig::default(), "s1");
+    let sweep = vector(
+        "203.0.113.40",
+        0,
+        &[
+            (F::DstPorts10s, 35.0),
+            (F::UdpShare10s, 1.0),
+            (F::PktsPerFlow10s, 1.0),
+            (F::NewFlowsPerS1s, 35.0),
+            (F::ActiveSecs10s, 1.0),
+        ],
+    );
+    let out = d.evaluate(&[sweep]);
+    assert_eq!(out[0].alert.class, "port_scan");
+    assert_eq!(out[0].alert.evidence["rule"], "udp_port_sweep");
+    // 200 queries/s, each from a new source port, all to port 53.
+    let dns = vector(
+        "198.51.100.53",
+        0,
+        &[
+            (F::DstPorts10s, 1.0),
+            (F::UdpShare10s, 1.0),
+            (F::PktsPerFlow10s, 2.0),
+            (F::NewFlowsPerS1s, 200.0),
+            (F::PktsPerS1s, 400.0),
+            (F::ActiveSecs10s, 10.0),
+        ],
+    );
+    assert!(d.evaluate(&[dns]).is_empty());
+}
