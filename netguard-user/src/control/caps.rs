@@ -11,8 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chrono::Utc;
 use ipnet::IpNet;
+use netguard_store::{Alert, ListEntry};
 use serde::{Deserialize, Serialize};
+
+use super::ControlError;
 
 /// `[control.auto_caps]`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -148,6 +152,91 @@ pub fn nobody(net: &IpNet) -> IpAddr {
     match net {
         IpNet::V4(_) => IpAddr::from([0u8; 4]),
         IpNet::V6(_) => IpAddr::from([0u16; 8]),
+    }
+}
+
+impl super::Control {
+    /// Automatic blocks: within the rate and outside the reserved capacity, or refused; the first
+    /// refusal of an episode raises the one cap alert.
+    pub(super) async fn check_caps(
+        &self,
+        entries: &[(usize, ListEntry)],
+    ) -> Result<(), ControlError> {
+        let Some((_, first)) = entries.first() else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        let refusal = {
+            let fill = self.dp().blocklist.fill();
+            let mut caps = self.inner.caps.lock().expect("caps lock poisoned");
+            let family = usize::from(first.cidr.addr().is_ipv6());
+            let (held, max) = fill[family];
+            let usable = caps.cfg().usable(max);
+            if held + entries.len() > usable {
+                Some((Cap::Reserve, format!("the blocklist holds {held} of {max} entries and automatic blocks may use {usable}; the rest is kept for manual and feed blocks")))
+            } else if !caps.take(now) {
+                Some((Cap::Rate, format!("more than {} automatic blocks in a minute (control.auto_caps.per_minute)", caps.cfg().per_minute)))
+            } else {
+                None
+            }
+            .map(|(cap, detail)| (cap, detail, caps.refused(now)))
+        };
+        let Some((cap, detail, new_episode)) = refusal else {
+            return Ok(());
+        };
+        self.inner
+            .capped_total
+            .with_label_values(&[cap.label()])
+            .inc();
+        if new_episode {
+            log::warn!("automatic blocks capped ({}): {detail}", cap.label());
+            self.raise_alert(self.cap_alert(cap, first, &detail)).await;
+        }
+        Err(ControlError::Capped(Capped {
+            cap,
+            cidr: first.cidr,
+            detail,
+        }))
+    }
+
+    fn cap_alert(&self, cap: Cap, first: &ListEntry, detail: &str) -> Alert {
+        let class = first
+            .reason
+            .as_deref()
+            .and_then(|r| {
+                r.split([':', ' '])
+                    .find(|w| crate::detect::RULE_CLASSES.contains(w))
+            })
+            .unwrap_or("port_scan");
+        let mut evidence = serde_json::Map::new();
+        evidence.insert("cap".into(), cap.label().into());
+        evidence.insert("detail".into(), detail.into());
+        evidence.insert("first_refused".into(), first.cidr.to_string().into());
+        evidence.insert(
+            "note".into(),
+            "one alert per cap episode; netguard_response_capped_total counts every refused block"
+                .into(),
+        );
+        let now = Utc::now();
+        Alert {
+            id: format!(
+                "{}-{}-cap",
+                self.inner.cfg.sensor_id,
+                now.timestamp_millis()
+            ),
+            ts: now,
+            sensor_id: self.inner.cfg.sensor_id.clone(),
+            class: class.into(),
+            src_ip: nobody(&first.cidr),
+            dst_ip: None,
+            dst_port: None,
+            risk: 50,
+            confidence: 1.0,
+            mitre: crate::detect::mitre(class).into(),
+            action: "refused".into(),
+            evidence,
+            count: 1,
+        }
     }
 }
 
