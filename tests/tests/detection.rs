@@ -276,13 +276,16 @@ fn port_scan_is_alerted_blocked_and_dropped() {
     let _ = tool.wait();
 }
 
-/// Services on the sensor side for the benign mix, stopped on drop.
+/// Services on the sensor side for the benign mix, stopped on drop. Each child is `timeout` (`ip
+/// netns exec` execs it in place), which passes a SIGTERM on to the server it runs; a SIGKILL would
+/// kill `timeout` alone and leave the server running after its namespace is gone.
 struct Servers(Vec<Child>);
 
 impl Drop for Servers {
     fn drop(&mut self) {
         for c in &mut self.0 {
-            let _ = c.kill();
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let _ = c.wait();
         }
     }
@@ -297,7 +300,7 @@ fn a_benign_mix_raises_nothing() {
     let sensor = SENSOR_V4.to_string();
     let in_sensor = |args: &[&str]| {
         Command::new("ip")
-            .args(["netns", "exec", &c.lab.sensor, "timeout", "60"])
+            .args(["netns", "exec", &c.lab.sensor, "timeout", "-k", "2", "60"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
