@@ -2,6 +2,7 @@
 
 mod engine;
 pub(crate) mod model;
+mod response;
 pub(crate) mod sim;
 mod windows;
 
