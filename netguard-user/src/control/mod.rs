@@ -9,6 +9,7 @@
 //! whose disk fills never un-blocks anything on the sensors that share it.
 
 pub mod caps;
+mod coverage;
 mod expiry;
 mod hits;
 mod push;
@@ -358,6 +359,13 @@ impl Control {
         let mut mirror = self.inner.mirror.lock().await;
         if kind == ListKind::Block {
             errors.extend(self.allowlist_conflicts(&mirror, &entries, bulk));
+            errors.extend(coverage::refusals(
+                &mirror,
+                &entries,
+                |i| reqs[i].force,
+                |s| self.applies(s),
+                bulk,
+            ));
         }
         if !errors.is_empty() {
             return Err(ControlError::Invalid(errors));

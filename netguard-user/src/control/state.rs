@@ -56,6 +56,23 @@ impl PrefixLens {
         *c = c.saturating_sub(1);
     }
 
+    /// The sum of the sizes of the blocklist's prefixes of one family (0: IPv4, 1: IPv6), saturating:
+    /// an upper bound of the addresses they cover together.
+    fn size_bound(&self, family: usize) -> u128 {
+        let (base, max) = if family == 0 {
+            (0, 32u32)
+        } else {
+            (33, 128u32)
+        };
+        (0..=max)
+            .map(|len| {
+                let count = u128::from(self.0[base + len as usize]);
+                let size = 1u128.checked_shl(max - len).unwrap_or(u128::MAX);
+                count.saturating_mul(size)
+            })
+            .fold(0u128, u128::saturating_add)
+    }
+
     /// Prefix lengths in use for `ip`'s family, longest first.
     fn longest_first(&self, ip: IpAddr) -> impl Iterator<Item = u8> + '_ {
         let (base, max) = match ip {
@@ -135,6 +152,11 @@ impl Mirror {
             }
         }
         None
+    }
+
+    /// An upper bound of the addresses of one family (0: IPv4, 1: IPv6) the blocklist covers.
+    pub fn block_size_bound(&self, family: usize) -> u128 {
+        self.block_lens.size_bound(family)
     }
 
     pub fn remove(&mut self, kind: ListKind, cidr: &IpNet, scope: &Scope) -> Option<ListEntry> {

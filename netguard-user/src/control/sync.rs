@@ -79,9 +79,17 @@ fn refusal(
     if entry.cidr.prefix_len() == 0 {
         return Some(format!("{} covers every address", entry.cidr));
     }
+    let one = [(0, entry.clone())];
     if let Some(err) = control
-        .allowlist_conflicts(mirror, &[(0, entry.clone())], false)
+        .allowlist_conflicts(mirror, &one, false)
         .into_iter()
+        .chain(super::coverage::refusals(
+            mirror,
+            &one,
+            |_| false,
+            |s| control.applies(s),
+            false,
+        ))
         .next()
     {
         return Some(err.error);
