@@ -61,7 +61,7 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
         );
     }
     if let Ok(addr) = s.parse::<IpAddr>() {
-        return Ok(IpNet::from(addr));
+        return Ok(canonical(&IpNet::from(addr)));
     }
     let net: IpNet = s.parse().map_err(|_| {
         format!("`{s}` is not an IP address or CIDR (e.g. 203.0.113.0/24, 2001:db8::/48)")
@@ -74,7 +74,19 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
             net.max_prefix_len()
         ));
     }
-    Ok(net)
+    Ok(canonical(&net))
+}
+
+/// IPv4-mapped IPv6 prefixes (`::ffff:a.b.c.d/96+n`) are the IPv4 prefix `a.b.c.d/n`, as the kernel
+/// sees the packets: an entry kept in its IPv6 form would never match one.
+pub fn canonical(net: &IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, n.prefix_len() - 96).map_or(*net, IpNet::V4),
+            None => *net,
+        },
+        _ => *net,
+    }
 }
 
 /// Parses "90s", "4h", "7d", "1h 30m" (humantime).
@@ -182,6 +194,24 @@ mod tests {
         assert!(
             e.contains("10.0.0.0/24") && e.contains("10.0.0.1/32"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_entries_are_ipv4() {
+        for (given, want) in [
+            ("::ffff:203.0.113.7", "203.0.113.7/32"),
+            ("::ffff:203.0.113.0/120", "203.0.113.0/24"),
+            ("::ffff:0:0/96", "0.0.0.0/0"),
+            ("64:ff9b::203.0.113.7", "64:ff9b::cb00:7107/128"),
+        ] {
+            assert_eq!(parse_cidr(given).unwrap().to_string(), want, "{given}");
+        }
+        let r = to_entry(&req("::ffff:0:0/96"), EntrySource::Manual, Utc::now(), "");
+        assert_eq!(
+            r.unwrap_err().field,
+            "cidr",
+            "the mapped /0 needs force too"
         );
     }
 

@@ -238,19 +238,8 @@ impl NeverBlock {
 
     /// The first entry that `net` overlaps (covers, or lies inside), if any.
     pub fn conflict(&self, net: &IpNet) -> Option<Protected> {
-        let net = canonical(net);
+        let net = crate::control::request::canonical(net);
         self.list().into_iter().find(|p| overlaps(&p.cidr, &net))
-    }
-}
-
-/// IPv4-mapped IPv6 addresses are the IPv4 address, as the kernel sees them.
-fn canonical(net: &IpNet) -> IpNet {
-    match net {
-        IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
-            Some(v4) => ipnet::Ipv4Net::new(v4, n.prefix_len() - 96).map_or(*net, IpNet::V4),
-            None => *net,
-        },
-        _ => *net,
     }
 }
 
@@ -365,7 +354,7 @@ pub fn derive_entries(
             .map(|(id, ip)| one(*ip, Origin::FleetPeer, format!("sensor {id}"))),
     );
     out.extend(cfg.never_block.iter().map(|n| Protected {
-        cidr: canonical(&n.trunc()),
+        cidr: crate::control::request::canonical(&n.trunc()),
         origin: Origin::Config,
         detail: "trust.never_block".into(),
         expires_at: None,
