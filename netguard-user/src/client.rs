@@ -323,6 +323,30 @@ fn api_error(url: &str, status: StatusCode, body: &[u8]) -> ClientError {
     }
 }
 
+/// Text from the daemon (reasons, scopes, error messages: anything an attacker may have shaped, for
+/// example through a log line or an agent) made safe for a terminal. Control characters and
+/// bidirectional overrides are written as `\u{..}` escapes, so they can neither move the cursor,
+/// recolour or retitle the terminal, nor reorder what is shown. `keep_newlines` keeps `\n` for
+/// multi-line text that this program composed itself.
+pub fn terminal_safe(s: &str, keep_newlines: bool) -> String {
+    let unsafe_char = |c: char| {
+        (c.is_control() && !(keep_newlines && c == '\n'))
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// "in 3h 59m", "expired", or "never".
 fn expires(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     match at {
@@ -362,6 +386,7 @@ pub fn entries_table(entries: &[ListedEntry], now: DateTime<Utc>) -> String {
                 expires(e.entry.expires_at, now),
                 e.entry.reason.clone().unwrap_or_default(),
             ]
+            .map(|cell| terminal_safe(&cell, false))
         })
         .collect();
     let mut widths = header.clone().map(|h| h.len());
@@ -420,13 +445,29 @@ pub fn health_text(h: &Health) -> String {
         }
     }
     let _ = write!(s, "websocket: {} client(s)", h.ws_clients);
-    s
+    terminal_safe(&s, true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use netguard_store::Scope;
+
+    #[test]
+    fn escapes_and_overrides_are_shown_not_obeyed() {
+        let hostile = "ok\u{1b}]0;owned\u{7}\u{1b}[2J\rroot\u{202e}txt.exe\nfake row";
+        let safe = terminal_safe(hostile, false);
+        assert_eq!(
+            safe,
+            "ok\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{d}root\\u{202e}txt.exe\\u{a}fake row"
+        );
+        assert!(!safe.chars().any(char::is_control));
+        assert_eq!(terminal_safe("a\nb\u{1b}", true), "a\nb\\u{1b}");
+        assert_eq!(
+            terminal_safe("plain 203.0.113.0/24 ünïcode", false),
+            "plain 203.0.113.0/24 ünïcode"
+        );
+    }
 
     #[test]
     fn table_is_aligned_and_counts() {

@@ -111,7 +111,7 @@ pub struct RunArgs {
     /// This sensor's id in a fleet (blocklist scope); defaults to the host name.
     #[arg(long)]
     sensor_id: Option<String>,
-    /// Decision-tree model file (default: the shipped netguard-user/models/default.json, else rules only).
+    /// Decision-tree model file (default: the model embedded in the binary, trained by `cargo xtask train`).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Detect and alert, but never block automatically.
@@ -199,16 +199,23 @@ fn client_command(args: &ApiArgs, block: Option<BlockCmd>) -> Result<()> {
                     let until = e
                         .expires_at
                         .map_or_else(|| "permanently".to_owned(), |t| format!("until {t}"));
-                    println!("blocked {} (scope {}) {until}", e.cidr, e.scope);
+                    println!(
+                        "{}",
+                        client::terminal_safe(
+                            &format!("blocked {} (scope {}) {until}", e.cidr, e.scope),
+                            false
+                        )
+                    );
                 }
                 Ok(true)
             }
             Some(BlockCmd::Del { cidr, scope }) => {
                 let out = c.block_del(&cidr, scope.as_deref()).await?;
                 match out.removed {
-                    0 => println!("{cidr} was not blocked"),
+                    0 => println!("{} was not blocked", client::terminal_safe(&cidr, false)),
                     n => println!(
-                        "unblocked {cidr} ({n} entr{})",
+                        "unblocked {} ({n} entr{})",
+                        client::terminal_safe(&cidr, false),
                         if n == 1 { "y" } else { "ies" }
                     ),
                 }
@@ -238,7 +245,7 @@ fn client_command(args: &ApiArgs, block: Option<BlockCmd>) -> Result<()> {
         // `status` of a degraded daemon: printed above, and a non-zero exit for scripts.
         Ok(false) => std::process::exit(1),
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", client::terminal_safe(&e.to_string(), true));
             std::process::exit(1);
         }
     }
