@@ -317,25 +317,20 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     let new_flows = Arc::new(AtomicU64::new(0));
     let reader = tokio::spawn(read_events(events, control.clone(), new_flows.clone()));
 
-    let model = load_model(s.config.detect.model.as_deref())
+    let (model, origin) = load_model(s.config.detect.model.as_deref())
         .context("could not load the detection model")?;
-    match &model {
-        Some(_) => log::info!(
-            "detection: decision tree + threshold rules{}",
-            if s.config.detect.response.dry_run {
-                " (dry run: alerts only)"
-            } else {
-                ""
-            }
-        ),
-        None => log::warn!(
-            "detection: no model found, threshold rules only (make one with `cargo xtask lab` and `cargo xtask train`)"
-        ),
-    }
+    log::info!(
+        "detection: decision tree from {origin} + threshold rules{}",
+        if s.config.detect.response.dry_run {
+            " (dry run: alerts only)"
+        } else {
+            ""
+        }
+    );
     let mut sensor = SensorLoop::new(
         &s.config.detect,
         &s.sensor_id,
-        model,
+        Some(model),
         dp.clone(),
         control.clone(),
     );

@@ -27,8 +27,12 @@ use crate::{
     metrics::Metrics,
 };
 
-/// Where the shipped model lives in the source tree; `netguard run` loads it unless told otherwise.
+/// Where the shipped model lives in the source tree (training and benchmarks write and read it there).
 pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.json");
+
+/// The shipped model, embedded in the binary: an installed `netguard` runs the same detector
+/// wherever it lives, without the source tree.
+pub const EMBEDDED_MODEL: &str = include_str!("../models/default.json");
 
 /// What one tick saw and did, for the summary line and metrics.
 #[derive(Clone, Debug, Default)]
@@ -259,12 +263,15 @@ pub struct SensorLoop {
     ticks: u64,
 }
 
-/// The model to use: `explicit` (flag or config) must load; otherwise the shipped default if present.
-pub fn load_model(explicit: Option<&Path>) -> Result<Option<Model>, crate::detect::DetectError> {
+/// The model to use, and where it came from for the log: `explicit` (flag or config) must load;
+/// otherwise the one embedded in the binary.
+pub fn load_model(explicit: Option<&Path>) -> Result<(Model, String), crate::detect::DetectError> {
     match explicit {
-        Some(p) => Model::load(p).map(Some),
-        None if Path::new(DEFAULT_MODEL).exists() => Model::load(DEFAULT_MODEL).map(Some),
-        None => Ok(None),
+        Some(p) => Ok((Model::load(p)?, format!("the model file {}", p.display()))),
+        None => Ok((
+            Model::from_json(EMBEDDED_MODEL, "the model embedded in netguard")?,
+            "the model embedded in this binary (--model FILE overrides it)".to_owned(),
+        )),
     }
 }
 
