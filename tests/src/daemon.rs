@@ -49,6 +49,11 @@ pub struct Launch {
     /// No `NETGUARD_ADMIN_TOKEN`: the daemon generates `admin.token` in the state dir, and the
     /// harness reads it from there once the daemon is healthy.
     pub generate_token: bool,
+    /// Another `netguard` binary than the build's (e.g. a copy installed elsewhere).
+    pub bin: Option<PathBuf>,
+    /// A directory the daemon must not see: an empty tmpfs is mounted over it in the daemon's own
+    /// mount namespace (`ip netns exec` gives it one; nothing changes for anyone else).
+    pub hide: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -103,8 +108,17 @@ impl Daemon {
             .unwrap_or_else(|| state.join("netguard.log"));
         let out = File::create(&log).expect("daemon log file");
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns])
-            .arg(netguard_bin())
+        cmd.args(["netns", "exec", ns]);
+        if let Some(dir) = &how.hide {
+            cmd.args([
+                "sh",
+                "-c",
+                "mount -t tmpfs -o ro,size=4k netguard-hidden \"$1\" && shift && exec \"$@\"",
+                "sh",
+            ])
+            .arg(dir);
+        }
+        cmd.arg(how.bin.clone().unwrap_or_else(netguard_bin))
             .args([
                 "run",
                 "--iface",

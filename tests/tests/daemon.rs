@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netguard_tests::daemon::{Daemon, netguard_bin};
+use netguard_tests::daemon::{Daemon, Launch, netguard_bin};
 use netguard_tests::netns::{
     ATTACKER_V4, NetnsPair, SENSOR_IF, SENSOR_V4, ping, require_root, run_in,
 };
@@ -242,4 +242,57 @@ fn redis_down_at_start_enforces_the_snapshot_then_reconciles() {
     assert_eq!(ping(&lab.attacker, &kept, &sensor, 2).received, 0);
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
+}
+
+/// An installed binary carries its model: a copy of `netguard` in a scratch directory, with the
+/// whole source tree hidden under an empty mount, loads the model embedded in it and says so; a
+/// `--model` file that does not exist is an error naming it, never a silent fallback.
+#[test]
+fn a_binary_installed_elsewhere_runs_its_embedded_model() {
+    if !require_root() {
+        return;
+    }
+    let lab = NetnsPair::new("model");
+    let state = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let bin = elsewhere.path().join("netguard");
+    std::fs::copy(netguard_bin(), &bin).unwrap();
+    let source_tree = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let how = Launch {
+        bin: Some(bin.clone()),
+        hide: Some(source_tree),
+        ..Launch::default()
+    };
+    let daemon = Daemon::launch(&lab.sensor, SENSOR_IF, state.path(), API, TOKEN, &[], how);
+    let log = daemon.log_text();
+    assert!(
+        log.contains("decision tree from the model embedded in this binary"),
+        "{log}"
+    );
+    daemon.stop();
+
+    let missing = elsewhere.path().join("no-such-model.json");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.sensor])
+        .arg(&bin)
+        .args(["run", "--iface", SENSOR_IF, "--xdp-mode", "skb"])
+        .args(["--listen", API, "--state-dir"])
+        .arg(state.path())
+        .arg("--model")
+        .arg(&missing)
+        .env("NETGUARD_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a missing --model must stop the start: {err}"
+    );
+    assert!(
+        err.contains("could not load the detection model") && err.contains("no-such-model.json"),
+        "{err}"
+    );
 }

@@ -141,6 +141,36 @@ async fn the_netguard_command_line_talks_to_the_api() {
         out.contains("198.51.100.5/32") && out.contains("cli test") && out.ends_with("1 entry\n"),
         "{out}"
     );
+    // A reason with terminal escapes (retitle, clear screen, a fake row) is shown, not obeyed.
+    let hostile = "x\u{1b}]0;owned\u{7}\u{1b}[2J\nfake 10.0.0.0/8 row\u{202e}";
+    let (st, b) = op(
+        &s,
+        Method::POST,
+        "/api/v1/blocklist",
+        Some(json!({"cidr": "198.51.100.6", "reason": hostile})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let (code, out, _) = netguard(args(&["block", "list"]), Some(VIEWER)).await;
+    assert_eq!(code, 0);
+    assert!(
+        !out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains('\u{202e}'),
+        "{out:?}"
+    );
+    assert!(out.contains("x\\u{1b}]0;owned\\u{7}"), "{out}");
+    assert_eq!(
+        out.lines().count(),
+        4,
+        "one header, two rows, one count: {out}"
+    );
+    let (st, _) = op(
+        &s,
+        Method::DELETE,
+        "/api/v1/blocklist?cidr=198.51.100.6",
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
     let (code, out, _) = netguard(args(&["block", "list", "--json"]), Some(VIEWER)).await;
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).expect("JSON list");

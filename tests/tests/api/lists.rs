@@ -174,6 +174,53 @@ async fn every_refusal_is_json_naming_the_field() {
     assert_refused(&post(json!({"ttl": "1h"})).await, 422, "cidr");
     assert_refused(&post(json!({"cidr": "0.0.0.0/0"})).await, 400, "cidr");
     assert_refused(&post(json!({"cidr": "::/0"})).await, 400, "cidr");
+    // So do prefixes that together cover every address, in one request or across requests.
+    assert_refused(
+        &post(json!([{"cidr": "0.0.0.0/1"}, {"cidr": "128.0.0.0/1"}])).await,
+        400,
+        "items[0].cidr",
+    );
+    assert_refused(
+        &post(json!([{"cidr": "::/1"}, {"cidr": "8000::/2"}, {"cidr": "c000::/2"}])).await,
+        400,
+        "items[0].cidr",
+    );
+    let (st, b) = post(json!({"cidr": "0.0.0.0/1"})).await;
+    assert_eq!(st, 200, "half of IPv4 alone covers nothing else: {b}");
+    let (st, b) = post(json!({"cidr": "128.0.0.0/1"})).await;
+    assert_refused(&(st, b), 400, "cidr");
+    assert_eq!(s.verdict(&frame_from(ip("198.51.100.1"))), XDP_PASS);
+    let (st, b) = post(json!({"cidr": "128.0.0.0/1", "force": true})).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(s.verdict(&frame_from(ip("198.51.100.1"))), XDP_DROP);
+    for half in ["0.0.0.0/1", "128.0.0.0/1"] {
+        let (st, _) = op(
+            &s,
+            Method::DELETE,
+            &format!("/api/v1/blocklist?cidr={half}"),
+            None,
+        )
+        .await;
+        assert_eq!(st, 200);
+    }
+    // An IPv4-mapped IPv6 entry is the IPv4 address, so IPv4 packets match it.
+    assert_eq!(s.verdict(&frame_from(ip("192.0.2.9"))), XDP_PASS);
+    let (st, b) = post(json!({"cidr": "::ffff:192.0.2.9"})).await;
+    assert_eq!(
+        (st.as_u16(), &b["entries"][0]["cidr"]),
+        (200, &json!("192.0.2.9/32")),
+        "{b}"
+    );
+    assert_eq!(s.verdict(&frame_from(ip("192.0.2.9"))), XDP_DROP);
+    let (st, _) = op(
+        &s,
+        Method::DELETE,
+        "/api/v1/blocklist?cidr=::ffff:192.0.2.9",
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(s.verdict(&frame_from(ip("192.0.2.9"))), XDP_PASS);
     let six: Vec<Value> = (1..=6)
         .map(|i| json!({"cidr": format!("10.1.{i}.0/24")}))
         .collect();
