@@ -275,6 +275,14 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         s.config.events.clone(),
         s.config.detect.response.dry_run,
     );
+    match host_events.keep_thresholds_in(&state_dir) {
+        Ok(Some(file)) => log::info!(
+            "failed-login thresholds from {} (set by PUT /api/v1/thresholds), not [events] in the config; delete the file to use the config's",
+            file.display()
+        ),
+        Ok(None) => {}
+        Err(e) => anyhow::bail!("{e}"),
+    }
     let replayed = host_events.restore_counts().await;
     if replayed > 0 {
         log::info!("failed-login counts restored from {replayed} stored host event(s)");

@@ -19,12 +19,34 @@ use netguard_store::{QueuedWrite, Store};
 pub const UNWRITTEN_FILE: &str = "store-unwritten.json";
 
 /// The files of the state dir that must be 0600.
-pub const PRIVATE_FILES: [&str; 4] = [
+pub const PRIVATE_FILES: [&str; 5] = [
     netguard_store::embedded::DB_FILE,
     crate::api::auth::ADMIN_TOKEN_FILE,
     UNWRITTEN_FILE,
     crate::control::SNAPSHOT_FILE,
+    crate::events::THRESHOLDS_FILE,
 ];
+
+/// Writes `bytes` to `path` whole or not at all (a temporary file, synced, renamed over it), mode
+/// 0600: a crash mid-write leaves the previous version, never half of one.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateDirError {
@@ -106,22 +128,8 @@ pub fn keep_unwritten(dir: &Path, writes: Vec<QueuedWrite>) -> Result<PathBuf, S
     let path = dir.join(UNWRITTEN_FILE);
     let mut all = load_unwritten(dir)?.unwrap_or_default();
     all.extend(writes);
-    let tmp = dir.join(format!("{UNWRITTEN_FILE}.tmp"));
     let json = serde_json::to_vec(&all).expect("queued writes serialise");
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
-        f.write_all(&json).map_err(io_err("write", &tmp))?;
-        f.sync_all().map_err(io_err("sync", &tmp))?;
-    }
-    fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
+    write_private(&path, &json).map_err(io_err("write", &path))?;
     Ok(path)
 }
 

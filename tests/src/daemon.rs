@@ -198,11 +198,18 @@ impl Daemon {
 
     /// POST `body` (JSON) to `path` with the admin token: the HTTP status and the answer.
     pub fn post(&self, path: &str, body: &str) -> (u16, String) {
+        self.send("POST", path, body)
+    }
+
+    /// `method` with `body` (JSON) to `path` with the admin token: the HTTP status and the answer.
+    pub fn send(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let auth = format!("Authorization: Bearer {}", self.token);
         let url = format!("{}{path}", self.base_url());
         let mut args = self.curl();
         args.extend(
             [
+                "-X",
+                method,
                 "-w",
                 "\n%{http_code}",
                 "-H",

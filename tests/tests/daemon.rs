@@ -296,3 +296,40 @@ fn a_binary_installed_elsewhere_runs_its_embedded_model() {
         "{err}"
     );
 }
+
+/// `PUT /api/v1/thresholds` outlives a restart (kept 0600 in the state dir), and the start says
+/// they override the config.
+#[test]
+fn thresholds_set_over_the_api_survive_a_restart() {
+    if !require_root() {
+        return;
+    }
+    let lab = NetnsPair::new("thresh");
+    let state = tempfile::tempdir().unwrap();
+    let daemon = launch(&lab, state.path());
+    let mut t = daemon.get_json("/api/v1/thresholds");
+    t["global"]["max_retry"] = 23.into();
+    t["per_vm"]["find_time"] = "7m".into();
+    let (code, body) = daemon.send("PUT", "/api/v1/thresholds", &t.to_string());
+    assert_eq!(code, 200, "{body}");
+    let set = daemon.get_json("/api/v1/thresholds");
+    daemon.stop();
+    let file = state.path().join("thresholds.json");
+    let mode = std::fs::metadata(&file).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
+    let daemon = launch(&lab, state.path());
+    assert_eq!(daemon.get_json("/api/v1/thresholds"), set);
+    assert_eq!(set["global"]["max_retry"], 23);
+    assert!(
+        daemon
+            .log_text()
+            .contains("thresholds.json (set by PUT /api/v1/thresholds)"),
+        "{}",
+        daemon.log_text()
+    );
+    daemon.stop();
+}

@@ -132,7 +132,11 @@ async fn rest_contract(redis: Option<&RedisServer>) {
     let mut th = s.state.events.thresholds();
     th.per_vm.max_retry = 1000;
     th.global.max_retry = 1000;
-    s.state.events.set_thresholds(th).unwrap();
+    s.state
+        .events
+        .set_thresholds(th)
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
 
     // One object.
     let (st, body) = post_events(&s, ADMIN, event(1, "vm-1", "203.0.113.1", "4625")).await;
@@ -522,7 +526,11 @@ async fn per_vm_and_global_thresholds_block_in_the_right_kernels() {
     let mut th = a.state.events.thresholds();
     th.per_vm.max_retry = 3;
     th.global.max_retry = 5;
-    a.state.events.set_thresholds(th).unwrap();
+    a.state
+        .events
+        .set_thresholds(th)
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
     let mut pushed = a.control.subscribe();
 
     // Per-VM: three SSH failures against sensor-b. The block is made on exactly the 3rd, scoped to

@@ -24,7 +24,7 @@ use crate::{
     control::ControlError,
     events::{
         BlockOutcome, Events, IngestReport, ItemResult, ItemStatus, Poster, Rule, RuleOverride,
-        Thresholds,
+        SetThresholdsError, Thresholds,
     },
 };
 
@@ -342,7 +342,13 @@ pub async fn put_thresholds(
         .events
         .set_thresholds(body)
         .map(Json)
-        .map_err(|errors| ControlError::Invalid(errors).into())
+        .map_err(|e| match e {
+            SetThresholdsError::Invalid(errors) => ControlError::Invalid(errors).into(),
+            SetThresholdsError::Save(why) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the thresholds were not changed: {why}"),
+            ),
+        })
 }
 
 #[cfg(test)]

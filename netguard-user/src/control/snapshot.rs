@@ -35,21 +35,8 @@ impl Snapshot {
 }
 
 pub fn write(path: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_vec(snapshot).map_err(std::io::Error::other)?;
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&json)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+    crate::statedir::write_private(path, &json)
 }
 
 /// The snapshot at `path`, `None` when there is none.

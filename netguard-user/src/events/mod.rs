@@ -21,12 +21,14 @@ mod config;
 mod decide;
 mod local;
 pub mod normalize;
+mod persist;
 pub mod tracker;
 
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use chrono::Utc;
 use netguard_store::{HostEventRecord, StoreError};
@@ -37,6 +39,7 @@ pub use config::{EventsConfig, OnSuccess, Rule, RuleOverride, Thresholds, migrat
 pub use decide::{BlockOutcome, class_of};
 pub use local::{LocalReport, local_record};
 pub use normalize::{Poster, Rejection, fingerprint};
+pub use persist::THRESHOLDS_FILE;
 pub use tracker::{Escalation, Failure, RuleKind, Tracker, Trip};
 
 use crate::{
@@ -95,6 +98,18 @@ struct Inner {
     tracker: Mutex<Tracker>,
     local: Mutex<local::LocalDedup>,
     dry_run: bool,
+    /// The state dir where `PUT /thresholds` keeps the thresholds, once set.
+    keep_in: OnceLock<PathBuf>,
+    put_order: Mutex<()>,
+}
+
+/// Why `PUT /api/v1/thresholds` did not take effect.
+#[derive(Debug)]
+pub enum SetThresholdsError {
+    /// Values out of range, each named by its field.
+    Invalid(Vec<FieldError>),
+    /// They could not be kept for the next start, so they were not applied either.
+    Save(String),
 }
 
 fn escalation(cfg: &EventsConfig) -> Escalation {
@@ -117,6 +132,8 @@ impl Events {
                 local: Mutex::new(local::LocalDedup::default()),
                 cfg: RwLock::new(cfg),
                 dry_run,
+                keep_in: OnceLock::new(),
+                put_order: Mutex::new(()),
             }),
         }
     }
@@ -134,10 +151,38 @@ impl Events {
         self.config().thresholds()
     }
 
+    /// From now on `PUT /thresholds` keeps the thresholds in `state_dir` too. Thresholds kept there
+    /// by an earlier run replace those of the config, now: returns where they came from, for the
+    /// start's log.
+    pub fn keep_thresholds_in(&self, state_dir: &Path) -> Result<Option<PathBuf>, String> {
+        let kept = persist::load(state_dir)?;
+        let _ = self.inner.keep_in.set(state_dir.to_owned());
+        Ok(kept.map(|t| {
+            self.apply_thresholds(&t);
+            state_dir.join(THRESHOLDS_FILE)
+        }))
+    }
+
     /// Replaces the thresholds; the next event is judged by them. Counts already made are kept
-    /// (a window is simply judged against the new numbers).
-    pub fn set_thresholds(&self, t: Thresholds) -> Result<Thresholds, Vec<FieldError>> {
-        t.validate("")?;
+    /// (a window is simply judged against the new numbers). With a state dir (see
+    /// [`Events::keep_thresholds_in`]) they are saved first, and not applied if that fails: what a
+    /// restart would bring back is what is in force.
+    pub fn set_thresholds(&self, t: Thresholds) -> Result<Thresholds, SetThresholdsError> {
+        t.validate("").map_err(SetThresholdsError::Invalid)?;
+        // One writer at a time, so that the file and memory agree.
+        let _one = self
+            .inner
+            .put_order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(dir) = self.inner.keep_in.get() {
+            persist::save(dir, &t).map_err(SetThresholdsError::Save)?;
+        }
+        self.apply_thresholds(&t);
+        Ok(t)
+    }
+
+    fn apply_thresholds(&self, t: &Thresholds) {
         let mut cfg = self
             .inner
             .cfg
@@ -147,14 +192,13 @@ impl Events {
         cfg.per_vm = t.per_vm.clone();
         cfg.vms = t.vms.clone();
         log::info!(
-            "thresholds changed: global {} in {}, per VM {} in {}, {} VM override(s)",
+            "thresholds: global {} in {}, per VM {} in {}, {} VM override(s)",
             t.global.max_retry,
             humantime::format_duration(t.global.find_time),
             t.per_vm.max_retry,
             humantime::format_duration(t.per_vm.find_time),
             t.vms.len()
         );
-        Ok(t)
     }
 
     pub fn max_batch(&self) -> usize {
