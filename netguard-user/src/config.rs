@@ -125,6 +125,8 @@ pub enum ConfigError {
         field: String,
         problem: String,
     },
+    #[error("config file {path}: {}", problems.join("; "))]
+    OutOfRange { path: String, problems: Vec<String> },
     #[error("config file {path}: {source}")]
     Api {
         path: String,
@@ -133,7 +135,152 @@ pub enum ConfigError {
     },
 }
 
+/// Limits shared by durations: anything longer is a typo (and, past `chrono`'s range, an overflow
+/// that would stop the daemon when the value is first used, long after the start).
+const YEAR: Duration = Duration::from_secs(365 * 86_400);
+const DAY: Duration = Duration::from_secs(86_400);
+const SECOND: Duration = Duration::from_secs(1);
+
 impl Config {
+    /// Every duration and count of every section against its range, each problem naming its key
+    /// (`events.max_ban_time must be between 1s and 10years`). Checked at start, not at first use.
+    pub fn out_of_range(&self) -> Vec<String> {
+        let max_ttl = crate::control::request::MAX_TTL;
+        let (st, c, d, e, t) = (
+            &self.store,
+            &self.control,
+            &self.detect,
+            &self.events,
+            &self.trust,
+        );
+        let mut spans: Vec<(String, Duration, Duration, Duration)> = vec![
+            (
+                "store.shutdown_flush".into(),
+                st.shutdown_flush,
+                Duration::ZERO,
+                Duration::from_secs(600),
+            ),
+            (
+                "control.hit_alert_cooldown".into(),
+                c.hit_alert_cooldown,
+                Duration::ZERO,
+                DAY,
+            ),
+            (
+                "detect.alert_cooldown".into(),
+                d.alert_cooldown,
+                Duration::ZERO,
+                DAY,
+            ),
+            (
+                "detect.features.long_window".into(),
+                d.features.long_window,
+                SECOND,
+                Duration::from_secs(3600),
+            ),
+            (
+                "detect.features.tick".into(),
+                d.features.tick,
+                Duration::from_millis(10),
+                Duration::from_secs(60),
+            ),
+            (
+                "detect.features.flow_forget_after".into(),
+                d.features.flow_forget_after,
+                SECOND,
+                DAY,
+            ),
+            (
+                "detect.response.max_ttl".into(),
+                d.response.max_ttl,
+                SECOND,
+                max_ttl,
+            ),
+            (
+                "detect.response.offense_memory".into(),
+                d.response.offense_memory,
+                SECOND,
+                YEAR,
+            ),
+            (
+                "detect.response.forgeable_ttl".into(),
+                d.response.forgeable_ttl,
+                SECOND,
+                max_ttl,
+            ),
+            ("events.retention".into(), e.retention, SECOND, YEAR),
+            (
+                "events.max_ban_time".into(),
+                e.max_ban_time,
+                SECOND,
+                max_ttl,
+            ),
+            (
+                "events.offense_memory".into(),
+                e.offense_memory,
+                SECOND,
+                YEAR,
+            ),
+            (
+                "trust.refresh".into(),
+                t.refresh,
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            ),
+            (
+                "trust.handshake_memory".into(),
+                t.handshake_memory,
+                Duration::ZERO,
+                Duration::from_secs(30 * 86_400),
+            ),
+            (
+                "trust.api_session".into(),
+                t.api_session,
+                Duration::ZERO,
+                Duration::from_secs(30 * 86_400),
+            ),
+        ];
+        spans.extend(
+            d.response
+                .ttl
+                .iter()
+                .map(|(class, v)| (format!("detect.response.ttl.{class}"), *v, SECOND, max_ttl)),
+        );
+        let counts: [(&str, u64, u64); 4] = [
+            ("store.alert_cap", st.alert_cap as u64, 1),
+            ("control.max_bulk", c.max_bulk as u64, 1),
+            ("events.max_tracked", e.max_tracked as u64, 1),
+            ("detect.max_tracked", d.max_tracked as u64, 1),
+        ];
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        let mut problems: Vec<String> = spans
+            .into_iter()
+            .filter(|(_, v, min, max)| v < min || v > max)
+            .map(|(field, v, min, max)| {
+                format!(
+                    "{field} is {}; it must be between {} and {}",
+                    show(v),
+                    show(min),
+                    show(max)
+                )
+            })
+            .collect();
+        problems.extend(
+            counts
+                .into_iter()
+                .filter(|(_, v, min)| v < min)
+                .map(|(field, v, min)| format!("{field} is {v}; it must be at least {min}")),
+        );
+        if d.features.long_window < d.features.tick {
+            problems.push(format!(
+                "detect.features.long_window ({}) is shorter than detect.features.tick ({})",
+                show(d.features.long_window),
+                show(d.features.tick)
+            ));
+        }
+        problems
+    }
+
     /// Reads and validates a config file. Unknown keys are errors, so a typo is not silently ignored.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
@@ -194,6 +341,20 @@ impl Config {
             path: path.into(),
             source,
         })?;
+        let problems = self.out_of_range();
+        if !problems.is_empty() {
+            return Err(ConfigError::OutOfRange {
+                path: path.into(),
+                problems,
+            });
+        }
+        if let Err(e) = self.detect.validate() {
+            return Err(ConfigError::InvalidField {
+                path: path.into(),
+                field: String::new(),
+                problem: e.to_string(),
+            });
+        }
         if let Err(errors) = self.events.validate() {
             let first = &errors[0];
             return Err(ConfigError::InvalidField {
@@ -224,6 +385,32 @@ mod tests {
             Config::parse("[datapath]\nflows_max = 4096\nblocklist_v4_max = 10\n", "x").unwrap();
         assert_eq!(c.datapath.flows_max, 4096);
         assert_eq!(c.datapath.blocklist_v4_max, 10);
+    }
+
+    #[test]
+    fn durations_out_of_range_are_named_at_start_all_at_once() {
+        let e = Config::parse(
+            "[events]\nmax_ban_time = \"1000000years\"\noffense_memory = \"0s\"\n[detect.response.ttl]\nport_scan = \"20years\"\n",
+            "cfg.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        for field in [
+            "events.max_ban_time",
+            "events.offense_memory",
+            "detect.response.ttl.port_scan",
+        ] {
+            assert!(e.contains(field), "{field} missing from: {e}");
+        }
+        assert!(
+            e.contains("cfg.toml") && e.contains("must be between"),
+            "{e}"
+        );
+        assert!(Config::default().out_of_range().is_empty());
+        let e = Config::parse("[trust]\nrefresh = \"1ms\"\n", "c").unwrap_err();
+        assert!(e.to_string().contains("trust.refresh"), "{e}");
+        let e = Config::parse("[detect.features]\ntick = \"20s\"\n", "c").unwrap_err();
+        assert!(e.to_string().contains("long_window"), "{e}");
     }
 
     #[test]
