@@ -379,6 +379,29 @@ async fn rest_contract(redis: Option<&RedisServer>) {
         7,
         "nothing else was stored"
     );
+
+    // The VM and the event type are part of an event's identity: the same time, address, user
+    // and port from another VM, or as another event type, are new events, not duplicates that
+    // one VM could post first to have another's dropped.
+    let first = event(2, "vm-1", "203.0.113.2", "windows_4625");
+    let mut other_vm = first.clone();
+    other_vm["source_vm_id"] = json!("vm-3");
+    let mut other_type = first.clone();
+    other_type["event_type"] = json!("windows_4624");
+    let (st, body) = post_events(&s, ADMIN, json!([first, other_vm, other_type])).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["accepted"].as_u64(), body["duplicates"].as_u64()),
+        (Some(2), Some(1)),
+        "{body}"
+    );
+    let statuses: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["duplicate", "accepted", "accepted"], "{body}");
     s.stop().await;
 }
 

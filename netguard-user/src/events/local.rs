@@ -106,7 +106,7 @@ pub fn local_record(
         .clone()
         .filter(|u| !u.is_empty() && u.len() <= normalize::MAX_USERNAME);
     Some(HostEventRecord {
-        fingerprint: fingerprint(ts, ev.src_ip, user.as_deref(), ev.src_port),
+        fingerprint: fingerprint(ts, ev.src_ip, user.as_deref(), ev.src_port, vm, event_type),
         ts,
         received_at,
         src_ip: ev.src_ip.to_canonical(),

@@ -161,11 +161,28 @@ pub fn to_millis(ts: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(ts)
 }
 
-/// Lowercase hex SHA-256 over the compact JSON array `[ts, ip, username, port]`: `ts` as
-/// [`ts_text`], `ip` in canonical text (IPv4-mapped IPv6 as IPv4), `username` and `port` as JSON
-/// `null` when absent. A JSON array keeps the fields apart whatever a username contains.
-pub fn fingerprint(ts: DateTime<Utc>, ip: IpAddr, user: Option<&str>, port: Option<u16>) -> String {
-    let key = serde_json::json!([ts_text(ts), ip.to_canonical().to_string(), user, port]);
+/// Lowercase hex SHA-256 over the compact JSON array `[ts, ip, username, port, vm, event_type]`:
+/// `ts` as [`ts_text`], `ip` in canonical text (IPv4-mapped IPv6 as IPv4), `username` and `port` as
+/// JSON `null` when absent, `event_type` by its canonical name (`4625` is `windows_4625`). A JSON
+/// array keeps the fields apart whatever a username contains. The VM and the event type are part of
+/// the event: without them one VM's agent could post another VM's coming failure first (or a
+/// success with a failure's fields) and have the real event dropped as its duplicate.
+pub fn fingerprint(
+    ts: DateTime<Utc>,
+    ip: IpAddr,
+    user: Option<&str>,
+    port: Option<u16>,
+    vm: &str,
+    event_type: &str,
+) -> String {
+    let key = serde_json::json!([
+        ts_text(ts),
+        ip.to_canonical().to_string(),
+        user,
+        port,
+        vm,
+        event_type
+    ]);
     hex(&Sha256::digest(key.to_string().as_bytes()))
 }
 
@@ -358,7 +375,7 @@ pub fn normalize(
         ));
     }
     Ok(HostEventRecord {
-        fingerprint: fingerprint(ts, src_ip, username.as_deref(), src_port),
+        fingerprint: fingerprint(ts, src_ip, username.as_deref(), src_port, &vm, kind.name),
         ts,
         received_at,
         src_ip,

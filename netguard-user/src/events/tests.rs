@@ -74,7 +74,14 @@ fn a_good_item_becomes_a_record() {
     assert_eq!(r.received_at, now);
     assert_eq!(
         r.fingerprint,
-        fingerprint(r.ts, r.src_ip, Some("Administrator"), Some(51000))
+        fingerprint(
+            r.ts,
+            r.src_ip,
+            Some("Administrator"),
+            Some(51000),
+            "win-7",
+            "windows_4625"
+        )
     );
     // The token's VM fills a missing source_vm_id.
     let item = json!({"ts": 1_714_560_000, "src_ip": "2001:db8::5", "event_type": "ssh_failed"});
@@ -151,28 +158,56 @@ fn times_in_every_accepted_form_give_one_fingerprint() {
     let d = parse_ts(&json!(1_714_564_800_500u64)).unwrap();
     let e = parse_ts(&json!("1714564800500")).unwrap();
     assert!([b, c, d, e].iter().all(|x| *x == a), "{a} {b} {c} {d} {e}");
-    let fp = fingerprint(a, ip("10.0.0.1"), Some("root"), Some(22));
+    let f = |ip_: &str, user: Option<&str>, port: Option<u16>, vm: &str, kind: &str| {
+        fingerprint(a, ip(ip_), user, port, vm, kind)
+    };
+    let fp = f("10.0.0.1", Some("root"), Some(22), "vm-1", "ssh_failed");
     assert_eq!(fp.len(), 64);
     assert!(
         fp.bytes()
             .all(|x| x.is_ascii_hexdigit() && !x.is_ascii_uppercase())
     );
-    // Stable across builds: this exact value is what agents and other sensors compute.
     assert_eq!(
         fp,
-        fingerprint(a, ip("::ffff:10.0.0.1"), Some("root"), Some(22))
+        f(
+            "::ffff:10.0.0.1",
+            Some("root"),
+            Some(22),
+            "vm-1",
+            "ssh_failed"
+        )
     );
+    // Stable across builds: this exact value is what agents and other sensors compute.
     assert_eq!(
-        fingerprint(t(0), ip("203.0.113.7"), Some("admin"), Some(51000)),
-        "4849d9f003c4f899a311d0a1b4e6b1c95043779c475e3108bc7794e1803eb4bf",
-        "sha256 of [\"2024-05-01T10:40:00.000Z\",\"203.0.113.7\",\"admin\",51000] (checked with sha256sum)"
+        fingerprint(
+            t(0),
+            ip("203.0.113.7"),
+            Some("admin"),
+            Some(51000),
+            "win-7",
+            "windows_4625"
+        ),
+        "4995bb98009bd04adf4ed766f6efb62b72bab9cacdfb3ec9f4f8ca1e3839d645",
+        "sha256 of [\"2024-05-01T10:40:00.000Z\",\"203.0.113.7\",\"admin\",51000,\"win-7\",\"windows_4625\"] (checked with sha256sum)"
     );
-    // Every field matters; a username cannot impersonate a port.
-    assert_ne!(fp, fingerprint(a, ip("10.0.0.1"), Some("root"), Some(23)));
-    assert_ne!(fp, fingerprint(a, ip("10.0.0.1"), None, Some(22)));
+    // Every field matters; a username cannot impersonate a port. One VM cannot post another's
+    // event first, nor a success pre-empt the failure with the same fields.
     assert_ne!(
-        fingerprint(a, ip("10.0.0.1"), Some("a\",22"), None),
-        fingerprint(a, ip("10.0.0.1"), Some("a"), Some(22))
+        fp,
+        f("10.0.0.1", Some("root"), Some(23), "vm-1", "ssh_failed")
+    );
+    assert_ne!(fp, f("10.0.0.1", None, Some(22), "vm-1", "ssh_failed"));
+    assert_ne!(
+        fp,
+        f("10.0.0.1", Some("root"), Some(22), "vm-2", "ssh_failed")
+    );
+    assert_ne!(
+        fp,
+        f("10.0.0.1", Some("root"), Some(22), "vm-1", "ssh_accepted")
+    );
+    assert_ne!(
+        f("10.0.0.1", Some("a\",22"), None, "vm-1", "ssh_failed"),
+        f("10.0.0.1", Some("a"), Some(22), "vm-1", "ssh_failed")
     );
 }
 
@@ -590,7 +625,14 @@ fn local_lines_map_to_what_counts() {
     );
     assert_eq!(
         r.fingerprint,
-        fingerprint(t(0), ip("10.0.0.2"), Some("root"), Some(40_000)),
+        fingerprint(
+            t(0),
+            ip("10.0.0.2"),
+            Some("root"),
+            Some(40_000),
+            "s1",
+            "ssh_failed"
+        ),
         "the agents' fingerprint"
     );
     let r = super::local_record(&ev(HostEventKind::Accepted), "s1", t(1)).unwrap();
