@@ -72,6 +72,8 @@ pub struct EmbeddedConfig {
     pub alert_cap: usize,
     /// Host events kept in the history ([`Store::events`]).
     pub event_cap: usize,
+    /// Event fingerprints kept for deduplication, soonest-expiring dropped first.
+    pub fingerprint_cap: usize,
 }
 
 impl EmbeddedConfig {
@@ -80,6 +82,7 @@ impl EmbeddedConfig {
             state_dir: state_dir.into(),
             alert_cap: DEFAULT_ALERT_CAP,
             event_cap: DEFAULT_EVENT_CAP,
+            fingerprint_cap: crate::DEFAULT_FINGERPRINT_CAP,
         }
     }
 }
@@ -147,6 +150,7 @@ pub struct EmbeddedStore {
     path: PathBuf,
     alert_cap: usize,
     event_cap: usize,
+    fingerprint_cap: u64,
 }
 
 impl EmbeddedStore {
@@ -189,6 +193,7 @@ impl EmbeddedStore {
             path,
             alert_cap: config.alert_cap.max(1),
             event_cap: config.event_cap.max(1),
+            fingerprint_cap: config.fingerprint_cap.max(1) as u64,
         })
     }
 
@@ -414,6 +419,7 @@ impl Store for EmbeddedStore {
         let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         let until_ms = now_ms.saturating_add(keep_ms);
         let cap = self.event_cap as u64;
+        let fp_cap = self.fingerprint_cap;
         // One write transaction: redb serialises writers, so the check-then-insert per
         // fingerprint is atomic against concurrent calls, and the batch is all or nothing.
         self.write(move |txn| {
@@ -454,6 +460,17 @@ impl Store for EmbeddedStore {
                 out.push(true);
             }
             meta.insert(META_EVENT_SEQ, seq)?;
+            // Past the cap, the fingerprints that would expire soonest go first (an index key
+            // whose fingerprint was re-added later is stale and just removed).
+            while fps.len()? > fp_cap {
+                let Some(oldest) = index.pop_first()? else {
+                    break;
+                };
+                let (ms, fp) = oldest.0.value();
+                if fps.get(fp)?.is_some_and(|v| v.value() == ms) {
+                    fps.remove(fp)?;
+                }
+            }
             let excess = history.len()?.saturating_sub(cap);
             for _ in 0..excess {
                 history.pop_first()?;

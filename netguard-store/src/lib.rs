@@ -52,6 +52,11 @@ pub const DEFAULT_ALERT_CAP: usize = 100_000;
 /// trimmed. Fingerprints used for deduplication are kept separately, for their retention window.
 pub const DEFAULT_EVENT_CAP: usize = 100_000;
 
+/// Default number of event fingerprints kept for deduplication. Past it, the fingerprints that
+/// would expire soonest go first: a flood of distinct events shortens the dedup window instead of
+/// growing the store without bound (about 130 bytes each in Redis, 170 MB at the default).
+pub const DEFAULT_FINGERPRINT_CAP: usize = 1_000_000;
+
 /// Receiver of entry changes made by other store instances (see [`Store::subscribe_changes`]).
 pub type ChangeReceiver = tokio::sync::mpsc::Receiver<ChangeEvent>;
 
@@ -177,6 +182,8 @@ pub struct StoreOptions {
     pub state_dir: PathBuf,
     pub sensor_id: String,
     pub alert_cap: usize,
+    /// Event fingerprints kept for deduplication (see [`DEFAULT_FINGERPRINT_CAP`]).
+    pub fingerprint_cap: usize,
     /// Redis only: when Redis is unreachable at start, return a store that connects once it
     /// answers (reads fail with `Unavailable` until then, writes queue) instead of failing. For a
     /// daemon that has a local snapshot to enforce meanwhile; a first start still fails at once,
@@ -193,6 +200,7 @@ impl StoreOptions {
             state_dir: state_dir.into(),
             sensor_id: sensor_id.into(),
             alert_cap: DEFAULT_ALERT_CAP,
+            fingerprint_cap: DEFAULT_FINGERPRINT_CAP,
             start_unreachable: false,
         }
     }
@@ -207,6 +215,7 @@ pub async fn open(options: &StoreOptions) -> Result<Arc<dyn Store>> {
             let mut config = RedisConfig::new(url.clone(), options.sensor_id.clone());
             config.prefix.clone_from(&options.redis_prefix);
             config.alert_cap = options.alert_cap;
+            config.fingerprint_cap = options.fingerprint_cap;
             config.ca.clone_from(&options.redis_ca);
             match RedisStore::connect(config.clone()).await {
                 Ok(redis) => Ok(Arc::new(ResilientStore::new(
@@ -226,6 +235,7 @@ pub async fn open(options: &StoreOptions) -> Result<Arc<dyn Store>> {
         None => {
             let mut config = EmbeddedConfig::new(options.state_dir.clone());
             config.alert_cap = options.alert_cap;
+            config.fingerprint_cap = options.fingerprint_cap;
             Ok(Arc::new(EmbeddedStore::open(config).await?))
         }
     }

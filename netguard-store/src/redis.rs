@@ -7,7 +7,7 @@
 //! | `P:entries:{kind}` | set | ids of all entries, for listing |
 //! | `P:expiry:{kind}` | sorted set | id scored by expiry ms, for `next_expiry`/`take_expired` |
 //! | `P:alerts` | stream | alert JSON, `MAXLEN ~ cap` |
-//! | `P:evfp:{fingerprint}` | string | a host event's dedup key, `PX` = retention |
+//! | `P:evfps` | zset | host events' dedup fingerprints, score = expiry (ms), capped |
 //! | `P:events` | list | host event JSON, newest first, trimmed to the event cap |
 //! | `P:sensors` | hash | sensor id to sensor JSON |
 //! | `P:kv:{sensor}`, `P:counters:{sensor}` | hash | per-sensor state and counters |
@@ -64,6 +64,8 @@ pub struct RedisConfig {
     pub alert_cap: usize,
     /// Host events kept in the history list (`P:events`).
     pub event_cap: usize,
+    /// Event fingerprints kept for deduplication (`P:evfps`), soonest-expiring dropped first.
+    pub fingerprint_cap: usize,
     /// Entry hashes outlive their expiry by this much (`PEXPIREAT`), so `take_expired` can still
     /// return them to a daemon that wakes a little late, while Redis still cleans up entries
     /// that no sensor is left to expire. Such an entry is then gone without a change message;
@@ -83,6 +85,7 @@ impl RedisConfig {
             sensor_id: sensor_id.into(),
             alert_cap: DEFAULT_ALERT_CAP,
             event_cap: DEFAULT_EVENT_CAP,
+            fingerprint_cap: crate::DEFAULT_FINGERPRINT_CAP,
             expire_grace: Duration::from_secs(24 * 3600),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),

@@ -44,4 +44,5 @@ conformance!(
     event_dedup_concurrent,
     event_query,
     event_cap,
+    event_fingerprint_cap,
 );

@@ -40,6 +40,8 @@ pub struct StoreConfig {
     pub state_dir: PathBuf,
     /// Alert history kept (oldest trimmed).
     pub alert_cap: usize,
+    /// Host-event fingerprints kept for deduplication; past it the soonest to expire go first.
+    pub fingerprint_cap: usize,
     /// At SIGTERM/SIGINT, how long to wait for writes queued during a Redis outage to reach Redis;
     /// what is left is kept in the state dir and replayed at the next start.
     #[serde(with = "humantime_serde_compat")]
@@ -55,6 +57,7 @@ impl Default for StoreConfig {
             redis_prefix: "netguard".into(),
             state_dir: PathBuf::from("/var/lib/netguard"),
             alert_cap: 100_000,
+            fingerprint_cap: netguard_store::DEFAULT_FINGERPRINT_CAP,
             shutdown_flush: Duration::from_secs(5),
         }
     }
@@ -246,8 +249,9 @@ impl Config {
                 .iter()
                 .map(|(class, v)| (format!("detect.response.ttl.{class}"), *v, SECOND, max_ttl)),
         );
-        let counts: [(&str, u64, u64); 4] = [
+        let counts: [(&str, u64, u64); 5] = [
             ("store.alert_cap", st.alert_cap as u64, 1),
+            ("store.fingerprint_cap", st.fingerprint_cap as u64, 1),
             ("control.max_bulk", c.max_bulk as u64, 1),
             ("events.max_tracked", e.max_tracked as u64, 1),
             ("detect.max_tracked", d.max_tracked as u64, 1),

@@ -170,6 +170,7 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
         state_dir: s.config.store.state_dir.clone(),
         sensor_id: s.sensor_id.clone(),
         alert_cap: s.config.store.alert_cap,
+        fingerprint_cap: s.config.store.fingerprint_cap,
         start_unreachable: false,
     };
     // Root's alone (0700, files 0600), tightened before anything is written into it.

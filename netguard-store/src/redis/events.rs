@@ -1,10 +1,12 @@
 //! Host events in Redis: exactly-once by fingerprint, and a capped history.
 //!
-//! Each fingerprint is a key `P:evfp:{fingerprint}` set with `SET NX PX retention`: whoever sets it
-//! first owns the event, so two sensors (or two concurrent requests) posting the same event store
-//! it once, and the key disappears by itself when the retention window ends. The check and the
-//! history append run in one Lua script, so an event is in the history if and only if its
-//! fingerprint was new. The history is a list `P:events` (newest at the head) trimmed to the cap.
+//! The fingerprints are one sorted set `P:evfps`, scored by expiry (ms, Redis's clock): whoever
+//! adds one first owns the event, so two sensors (or two concurrent requests) posting the same
+//! event store it once. Each call first drops the expired fingerprints and, past the cap, the ones
+//! that would expire soonest, so a flood of distinct events cannot grow Redis without bound (one
+//! key per event did, for the whole retention window). The check and the history append run in
+//! one Lua script, so an event is in the history if and only if its fingerprint was new. The
+//! history is a list `P:events` (newest at the head) trimmed to the cap.
 
 use super::{READ_BATCH, RedisStore};
 use crate::error::{Result, StoreError};
@@ -14,22 +16,33 @@ use crate::types::{EventQuery, HostEventRecord};
 /// Redis responsive to other clients during a 10,000-event post.
 const RECORD_BATCH: usize = 1000;
 
-// KEYS[1] history list; ARGV[1] fingerprint key prefix, ARGV[2] retention ms, ARGV[3] cap,
-// then (fingerprint, json) pairs. Returns 1 (new) or 0 (duplicate) per pair.
+// KEYS[1] history list, KEYS[2] fingerprint zset; ARGV[1] retention ms, ARGV[2] history cap,
+// ARGV[3] fingerprint cap, then (fingerprint, json) pairs. Returns 1 (new) or 0 (duplicate) per
+// pair. TIME is allowed: scripts replicate their effects (Redis 7).
 pub(super) const RECORD_EVENTS_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local expiry = now + tonumber(ARGV[1])
 local out = {}
 local added = 0
 for i = 4, #ARGV, 2 do
-  if redis.call('SET', ARGV[1] .. ARGV[i], '1', 'NX', 'PX', ARGV[2]) then
+  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    out[#out + 1] = 0
+  else
+    redis.call('ZADD', KEYS[2], expiry, ARGV[i])
     redis.call('LPUSH', KEYS[1], ARGV[i + 1])
     added = added + 1
     out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
   end
 end
 if added > 0 then
-  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+  local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+  if excess > 0 then
+    redis.call('ZPOPMIN', KEYS[2], excess)
+  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
 end
 return out
 ";
@@ -43,15 +56,16 @@ impl RedisStore {
         // PX needs a positive time; a zero retention therefore still dedups for 1 ms.
         let retention_ms = retention.as_millis().clamp(1, i64::MAX as u128);
         let history = self.key(&["events"]);
-        let fp_prefix = self.key(&["evfp", ""]);
+        let fingerprints = self.key(&["evfps"]);
         let mut conn = self.conn.clone();
         let mut out = Vec::with_capacity(events.len());
         for chunk in events.chunks(RECORD_BATCH) {
             let mut invocation = self.record_events_script.key(&history);
             invocation
-                .arg(&fp_prefix)
+                .key(&fingerprints)
                 .arg(retention_ms as u64)
-                .arg(self.config.event_cap.max(1));
+                .arg(self.config.event_cap.max(1))
+                .arg(self.config.fingerprint_cap.max(1));
             for event in chunk {
                 let json = serde_json::to_string(event).map_err(|source| StoreError::Serde {
                     what: "host event",

@@ -168,7 +168,13 @@ impl Drop for RedisServer {
 /// open a fresh one (a new process, in effect) to check durability.
 #[async_trait]
 pub trait Harness: Send + Sync {
-    async fn open(&self, alert_cap: usize) -> Arc<dyn Store>;
+    async fn open(&self, alert_cap: usize) -> Arc<dyn Store> {
+        self.open_with(alert_cap, netguard_store::DEFAULT_FINGERPRINT_CAP)
+            .await
+    }
+
+    /// [`Harness::open`] with a cap on the event fingerprints kept for deduplication.
+    async fn open_with(&self, alert_cap: usize, fingerprint_cap: usize) -> Arc<dyn Store>;
 }
 
 pub struct EmbeddedHarness {
@@ -185,11 +191,12 @@ impl EmbeddedHarness {
 
 #[async_trait]
 impl Harness for EmbeddedHarness {
-    async fn open(&self, alert_cap: usize) -> Arc<dyn Store> {
+    async fn open_with(&self, alert_cap: usize, fingerprint_cap: usize) -> Arc<dyn Store> {
         let mut config = EmbeddedConfig::new(self.dir.path().join("state"));
         config.alert_cap = alert_cap;
         // One cap for both histories, so the suite can test the event cap the same way.
         config.event_cap = alert_cap;
+        config.fingerprint_cap = fingerprint_cap;
         Arc::new(
             EmbeddedStore::open(config)
                 .await
@@ -223,10 +230,11 @@ impl RedisHarness {
 
 #[async_trait]
 impl Harness for RedisHarness {
-    async fn open(&self, alert_cap: usize) -> Arc<dyn Store> {
+    async fn open_with(&self, alert_cap: usize, fingerprint_cap: usize) -> Arc<dyn Store> {
         let mut config = self.config("sensor-1");
         config.alert_cap = alert_cap;
         config.event_cap = alert_cap;
+        config.fingerprint_cap = fingerprint_cap;
         Arc::new(RedisStore::connect(config).await.expect("connect redis"))
     }
 }

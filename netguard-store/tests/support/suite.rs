@@ -7,7 +7,7 @@ mod state;
 
 pub use entries::{bulk_atomicity, entry_crud, ttl_expiry};
 pub use events::{
-    event_cap, event_dedup_concurrent, event_dedup_within_retention, event_query,
-    event_reaccept_after_retention,
+    event_cap, event_dedup_concurrent, event_dedup_within_retention, event_fingerprint_cap,
+    event_query, event_reaccept_after_retention,
 };
 pub use state::{alerts, counters, kv, persistence, ping_and_name, sensors};

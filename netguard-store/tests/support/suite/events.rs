@@ -265,3 +265,32 @@ pub async fn event_cap(h: &dyn Harness) {
         "a trimmed event is still a duplicate"
     );
 }
+
+/// Fingerprints are capped: past the cap, the ones that would expire soonest are dropped, so the
+/// oldest event can be counted again while the newest are still duplicates. Storage stays bounded
+/// whatever an agent posts.
+pub async fn event_fingerprint_cap(h: &dyn Harness) {
+    let store = h.open_with(DEFAULT_ALERT_CAP, 4).await;
+    let events: Vec<_> = (0..6).map(|n| event(n, "vm-1", "10.0.0.1", true)).collect();
+    for e in &events {
+        assert_eq!(
+            store
+                .record_events(std::slice::from_ref(e), HOUR)
+                .await
+                .unwrap(),
+            [true]
+        );
+        // Distinct expiry times, so "soonest to expire" is well defined.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert_eq!(
+        store.record_events(&events[2..], HOUR).await.unwrap(),
+        [false; 4],
+        "the newest 4 are still duplicates"
+    );
+    assert_eq!(
+        store.record_events(&events[..1], HOUR).await.unwrap(),
+        [true],
+        "the oldest fingerprint was dropped at the cap"
+    );
+}
