@@ -186,6 +186,52 @@ pub fn attack(ns: &str, cwd: &Path, limit: Duration, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {args:?} in {ns}: {e}"))
 }
 
+/// What hydra and medusa print when they cannot reach the lab sshd at all (it was slow to accept
+/// on a loaded machine, or dropped a connection at MaxStartups): the tool's own trouble, not
+/// NetGuard's, so [`attack_retrying`] runs it again.
+const CONNECT_FAILURES: [&str; 7] = [
+    "could not connect",
+    "can not connect",
+    "connection refused",
+    "connection reset",
+    "socket error",
+    "connection errors",
+    "failed establishing",
+];
+
+fn could_not_connect(out: &Output) -> bool {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .to_lowercase();
+    CONNECT_FAILURES.iter().any(|m| text.contains(m))
+}
+
+/// [`attack`], run again (3 runs at most, 1 s apart) when it failed because the tool could not
+/// connect to the lab server. The runs' output is returned together, so a caller that looks for a
+/// result (a found password) sees it whichever run found it. A tool that fails for any other
+/// reason is not retried.
+pub fn attack_retrying(ns: &str, cwd: &Path, limit: Duration, args: &[&str]) -> Output {
+    let mut out = attack(ns, cwd, limit, args);
+    for _ in 1..3 {
+        if out.status.success() || !could_not_connect(&out) {
+            break;
+        }
+        eprintln!(
+            "{} could not connect to the lab server; running it again",
+            args[0]
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let again = attack(ns, cwd, limit, args);
+        out.stdout.extend(again.stdout);
+        out.stderr.extend(again.stderr);
+        out.status = again.status;
+    }
+    out
+}
+
 /// The target as hydra wants it: `ssh://10.213.1.1:2022` or `ssh://[fd00:213:1::1]:2022`.
 pub fn hydra_target(v6: bool) -> String {
     if v6 {
@@ -205,7 +251,14 @@ pub fn word_file(dir: &Path, name: &str, words: &[String]) -> PathBuf {
 /// hydra (`-t 1 -w 2`, one user, a word list) against the lab sshd from the attacker namespace, in the
 /// background, bounded by `timeout`; stopped on drop. `-w 2`: after sshd's MaxAuthTries disconnect,
 /// hydra otherwise waits its default 32 s before it reconnects.
-pub struct Hydra(Child);
+pub struct Hydra {
+    child: Child,
+    /// hydra's output, to tell a failure to connect from any other end.
+    out: PathBuf,
+    /// How to start it again: (namespace, cwd, argv).
+    again: (String, PathBuf, Vec<String>),
+    restarts: u32,
+}
 
 impl Hydra {
     pub fn start(
@@ -216,17 +269,58 @@ impl Hydra {
         v6: bool,
     ) -> std::io::Result<Hydra> {
         let target = hydra_target(v6);
-        let child = Command::new("ip")
+        let argv = [
+            "hydra", "-l", user, "-P", words, "-t", "1", "-w", "2", "-I", &target,
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = cwd.join("hydra.out");
+        let child = Self::spawn(ns, cwd, &argv, &out)?;
+        Ok(Hydra {
+            child,
+            out,
+            again: (ns.to_owned(), cwd.to_owned(), argv),
+            restarts: 0,
+        })
+    }
+
+    fn spawn(ns: &str, cwd: &Path, argv: &[String], out: &Path) -> std::io::Result<Child> {
+        let log = fs::File::create(out)?;
+        Command::new("ip")
             .args(["netns", "exec", ns, "timeout", "-k", "2", "40"])
-            .args([
-                "hydra", "-l", user, "-P", words, "-t", "1", "-w", "2", "-I", &target,
-            ])
+            .args(argv)
             .current_dir(cwd)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        Ok(Hydra(child))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+    }
+
+    /// Starts hydra again (twice at most) when it has exited because it could not connect to the
+    /// lab server: call it while waiting for what hydra should cause. True when it restarted.
+    pub fn restart_if_it_could_not_connect(&mut self) -> bool {
+        let Ok(Some(status)) = self.child.try_wait() else {
+            return false;
+        };
+        let out = Output {
+            status,
+            stdout: fs::read(&self.out).unwrap_or_default(),
+            stderr: Vec::new(),
+        };
+        if status.success() || self.restarts >= 2 || !could_not_connect(&out) {
+            return false;
+        }
+        let (ns, cwd, argv) = &self.again;
+        eprintln!("hydra could not connect to the lab server; starting it again");
+        std::thread::sleep(Duration::from_secs(1));
+        match Self::spawn(ns, cwd, argv, &self.out) {
+            Ok(child) => {
+                self.child = child;
+                self.restarts += 1;
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -234,7 +328,7 @@ impl Drop for Hydra {
     fn drop(&mut self) {
         // `ip netns exec` execs `timeout` in place: SIGTERM to it is passed on to hydra.
         // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
     }
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use netguard_tests::netns::{
     ATTACKER_V4, ATTACKER_V6, NetnsPair, SENSOR_V4, require_root, require_tool,
 };
-use netguard_tests::sshd::{LabSshd, PORT, SSHD, TestUser, attack, hydra_target, word_file};
+use netguard_tests::sshd::{
+    LabSshd, PORT, SSHD, TestUser, attack_retrying, hydra_target, word_file,
+};
 use netguard_user::hostevents::{
     AuthLog, AuthLogFormat, AuthLogOptions, HostEvent, HostEventKind as K, LineParser,
     MemoryOffsets, spawn_authlog,
@@ -26,6 +28,9 @@ use tokio::sync::mpsc;
 /// Events reach the channel this soon after the tool that caused them has finished.
 const PROMPT: Duration = Duration::from_secs(3);
 const TOOL_LIMIT: Duration = Duration::from_secs(40);
+/// How long a tool may take to produce its first events, including runs again after it could not
+/// connect (see `attack_retrying`).
+const TOOL_START: Duration = Duration::from_secs(60);
 /// hydra's wait for an answer (-w). sshd closes a connection at MaxAuthTries, and with the default
 /// 32 s hydra sits out that long before it reconnects.
 const HYDRA_WAIT: &str = "2";
@@ -164,7 +169,7 @@ fn hydra_against_real_sshd_is_read_from_its_log() {
     let mut words: Vec<String> = (1..=8).map(|i| format!("wrong-{i}")).collect();
     words.push(user.password.clone());
     let words = word_file(work.path(), "words.txt", &words);
-    let out = attack(
+    let out = attack_retrying(
         &lab.attacker,
         work.path(),
         TOOL_LIMIT,
@@ -193,7 +198,7 @@ fn hydra_against_real_sshd_is_read_from_its_log() {
 
     // IPv6: users that do not exist.
     let users = word_file(work.path(), "users.txt", &["admin".into(), "oracle".into()]);
-    let out = attack(
+    let out = attack_retrying(
         &lab.attacker,
         work.path(),
         TOOL_LIMIT,
@@ -337,10 +342,10 @@ fn rotation_during_attacks_loses_no_line() {
                 "-I",
                 &target,
             ];
-            attack(&lab.attacker, work.path(), TOOL_LIMIT, &args)
+            attack_retrying(&lab.attacker, work.path(), TOOL_LIMIT, &args)
         });
         assert!(
-            follow.wait(Duration::from_secs(20), |ev| ev.len() >= 10),
+            follow.wait(TOOL_START, |ev| ev.len() >= 10),
             "no events from hydra"
         );
         fs::rename(&log, &rotated).unwrap();
@@ -363,10 +368,10 @@ fn rotation_during_attacks_loses_no_line() {
                 "medusa", "-b", "-h", &sensor, "-n", &port, "-U", &users, "-P", &words, "-M",
                 "ssh", "-t", "2",
             ];
-            attack(&lab.attacker, work.path(), TOOL_LIMIT, &args)
+            attack_retrying(&lab.attacker, work.path(), TOOL_LIMIT, &args)
         });
         assert!(
-            follow.wait(Duration::from_secs(20), |ev| ev.len() >= before + 10),
+            follow.wait(TOOL_START, |ev| ev.len() >= before + 10),
             "no events from medusa"
         );
         copytruncate(&log, &copied);
