@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod events;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
@@ -422,62 +424,14 @@ impl Store for EmbeddedStore {
         let fp_cap = self.fingerprint_cap;
         // One write transaction: redb serialises writers, so the check-then-insert per
         // fingerprint is atomic against concurrent calls, and the batch is all or nothing.
-        self.write(move |txn| {
-            let mut fps = txn.open_table(EVENT_FPS)?;
-            let mut index = txn.open_table(EVENT_FP_EXPIRY)?;
-            let mut expired = Vec::new();
-            for row in index.iter()? {
-                let (key, _) = row?;
-                let (ms, fp) = key.value();
-                if ms > now_ms || expired.len() >= FP_PURGE_BATCH {
-                    break;
-                }
-                expired.push((ms, fp.to_owned()));
-            }
-            for (ms, fp) in &expired {
-                index.remove((*ms, fp.as_str()))?;
-                if fps.get(fp.as_str())?.is_some_and(|v| v.value() == *ms) {
-                    fps.remove(fp.as_str())?;
-                }
-            }
-            let mut meta = txn.open_table(META)?;
-            let mut seq = meta.get(META_EVENT_SEQ)?.map_or(0, |v| v.value());
-            let mut history = txn.open_table(EVENTS)?;
-            let mut out = Vec::with_capacity(rows.len());
-            for (fp, bytes) in &rows {
-                let previous = fps.get(fp.as_str())?.map(|v| v.value());
-                if previous.is_some_and(|ms| ms > now_ms) {
-                    out.push(false);
-                    continue;
-                }
-                if let Some(ms) = previous {
-                    index.remove((ms, fp.as_str()))?;
-                }
-                fps.insert(fp.as_str(), until_ms)?;
-                index.insert((until_ms, fp.as_str()), ())?;
-                seq += 1;
-                history.insert(seq, bytes.as_slice())?;
-                out.push(true);
-            }
-            meta.insert(META_EVENT_SEQ, seq)?;
-            // Past the cap, the fingerprints that would expire soonest go first (an index key
-            // whose fingerprint was re-added later is stale and just removed).
-            while fps.len()? > fp_cap {
-                let Some(oldest) = index.pop_first()? else {
-                    break;
-                };
-                let (ms, fp) = oldest.0.value();
-                if fps.get(fp)?.is_some_and(|v| v.value() == ms) {
-                    fps.remove(fp)?;
-                }
-            }
-            let excess = history.len()?.saturating_sub(cap);
-            for _ in 0..excess {
-                history.pop_first()?;
-            }
-            Ok(out)
-        })
-        .await
+        let limits = events::Limits {
+            now_ms,
+            until_ms,
+            history_cap: cap,
+            fingerprint_cap: fp_cap,
+        };
+        self.write(move |txn| events::record_in(txn, &rows, &limits))
+            .await
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Vec<HostEventRecord>> {
