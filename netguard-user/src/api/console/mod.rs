@@ -1,0 +1,229 @@
+//! The console: a web page at `/` on the API's own address (same origin as `/api/v1` and its
+//! WebSocket), its embedded assets, and the browser's way in.
+//!
+//! - `POST /api/v1/session {"token"}` trades a token for a session cookie (HttpOnly, SameSite=Strict,
+//!   Secure under TLS, Max-Age `[api] session_ttl`); `GET` says who is logged in; `DELETE` logs out.
+//!   The token is only ever in that one request's body: never in a URL, storage or a log.
+//! - With the cookie instead of a bearer token, every write (any method but GET/HEAD) needs an
+//!   `Origin` equal to the API's own and the header `X-NetGuard-CSRF: 1`, which a cross-site form
+//!   cannot send ([`session_principal`]). The WebSocket refuses a foreign `Origin` ([`origin_ok`]).
+//! - Every response carries a Content-Security-Policy with no inline script and no other origin,
+//!   `nosniff`, `no-referrer` and `frame-ancestors 'none'` ([`headers`]).
+
+mod assets;
+pub mod session;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ApiState, api,
+    auth::{self, Auth, Principal, Read, Role},
+    error::ApiError,
+};
+use netguard_store::{Alert, AlertQuery};
+pub use session::Sessions;
+
+/// The custom header a cookie-authenticated write must carry.
+pub const CSRF_HEADER: &str = "x-netguard-csrf";
+
+/// The policy of every response: scripts, styles and connections from this origin only, no inline
+/// script or style, no framing, no plugins.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+     connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/", get(assets::index))
+        .route("/console/{*file}", get(assets::file))
+        .route(&api("/session"), get(whoami).post(login).delete(logout))
+        .route("/api/threats", get(threats))
+}
+
+/// Adds the security headers to every response.
+pub async fn headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    resp
+}
+
+/// The origin this request was addressed to (`http://` + `Host`, or `https://` under TLS).
+fn own_origin(headers: &HeaderMap, secure: bool) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    Some(format!(
+        "{}://{}",
+        if secure { "https" } else { "http" },
+        host
+    ))
+}
+
+/// True when the request has no `Origin` (not a browser) or one equal to the API's own.
+pub fn origin_ok(headers: &HeaderMap, secure: bool) -> bool {
+    match headers.get(header::ORIGIN) {
+        None => true,
+        Some(o) => o.to_str().ok() == own_origin(headers, secure).as_deref(),
+    }
+}
+
+/// The CSRF defence of a cookie-authenticated write: this origin, and the custom header.
+fn csrf_ok(headers: &HeaderMap, secure: bool) -> Result<(), ApiError> {
+    if headers.get(header::ORIGIN).is_none() || !origin_ok(headers, secure) {
+        return Err(ApiError::forbidden(
+            "a write with the session cookie must come from the console's own origin (Origin header)",
+        )
+        .with_code("csrf"));
+    }
+    if headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()) != Some("1") {
+        return Err(ApiError::forbidden(format!(
+            "a write with the session cookie needs the header `{CSRF_HEADER}: 1`"
+        ))
+        .with_code("csrf"));
+    }
+    Ok(())
+}
+
+fn is_read(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD)
+}
+
+/// The holder of the request's session cookie, when it has one (and no bearer token). A cookie that
+/// names no live session is a 401 that says to log in again; a write must pass [`csrf_ok`].
+pub fn session_principal(parts: &Parts, state: &ApiState) -> Result<Option<Principal>, ApiError> {
+    let Some(id) = session::cookie_value(&parts.headers) else {
+        return Ok(None);
+    };
+    let Some((p, _)) = state.sessions.principal(id, &state.tokens) else {
+        return Err(ApiError::unauthorized(
+            "the console session has expired or was ended; log in again",
+        )
+        .with_code("session_expired"));
+    };
+    if !is_read(&parts.method) {
+        csrf_ok(&parts.headers, state.sessions.secure())?;
+    }
+    Ok(Some(p))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    token: String,
+}
+
+/// Who is logged in, as `GET /api/v1/session` and a login answer it.
+#[derive(Serialize)]
+struct SessionView {
+    name: String,
+    role: Role,
+    /// Writes take effect (operator or admin).
+    can_write: bool,
+    expires_at: DateTime<Utc>,
+}
+
+fn view(p: Principal, expires_at: DateTime<Utc>) -> SessionView {
+    SessionView {
+        can_write: p.role.permits(auth::Need::Write),
+        name: p.name,
+        role: p.role,
+        expires_at,
+    }
+}
+
+async fn login(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    match login_inner(&state, &headers, &body) {
+        Ok((cookie, v)) => {
+            let mut r = Json(v).into_response();
+            if let Ok(c) = HeaderValue::from_str(&cookie) {
+                r.headers_mut().insert(header::SET_COOKIE, c);
+            }
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn login_inner(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, SessionView), ApiError> {
+    csrf_ok(headers, state.sessions.secure())?;
+    let req: Login = super::error::parse_json(body)?;
+    let who = state.tokens.authenticate(&req.token).ok_or_else(|| {
+        ApiError::unauthorized(
+            "that token is not valid; paste a token from the daemon's config or admin.token",
+        )
+        .with_field("token")
+    })?;
+    if who.role == Role::Agent {
+        return Err(ApiError::forbidden(format!(
+            "token `{}` is an agent token, which can only post events; log in with a viewer, operator or admin token",
+            who.name
+        ))
+        .with_field("token"));
+    }
+    let s = state.sessions.open(&who).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not open a session: {e}"),
+        )
+    })?;
+    log::info!("console login: `{}` ({})", who.name, who.role);
+    Ok((state.sessions.cookie(&s), view(who, s.expires_at)))
+}
+
+async fn whoami(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let id = session::cookie_value(&headers)
+        .ok_or_else(|| ApiError::unauthorized("not logged in").with_code("no_session"))?;
+    let (p, exp) = state.sessions.principal(id, &state.tokens).ok_or_else(|| {
+        ApiError::unauthorized("the console session has expired or was ended; log in again")
+            .with_code("session_expired")
+    })?;
+    Ok(Json(view(p, exp)).into_response())
+}
+
+async fn logout(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    csrf_ok(&headers, state.sessions.secure())?;
+    if let Some(id) = session::cookie_value(&headers) {
+        state.sessions.close(id);
+    }
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if let Ok(c) = HeaderValue::from_str(&state.sessions.clear_cookie()) {
+        r.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    Ok(r)
+}
+
+/// `GET /api/threats`: the last 100 alerts, newest first (the live-pipeline design's alias of
+/// `GET /api/v1/alerts?limit=100`).
+async fn threats(
+    _: Auth<Read>,
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<Alert>>, ApiError> {
+    Ok(Json(state.control.alerts(AlertQuery::default()).await?))
+}
