@@ -13,7 +13,7 @@ const views = {
 };
 
 const $ = (id) => document.getElementById(id);
-export const session = { name: "", role: "", can_write: false };
+export const session = { name: "", role: "", can_write: false, geoip: false };
 let current = null;
 
 function parseHash() {
@@ -104,9 +104,11 @@ async function init() {
   onLoggedOut(() => showLogin("Your session ended; log in again."));
   window.addEventListener("hashchange", route);
   try {
-    loggedIn(await get("/api/v1/session"));
-  } catch {
-    showLogin("");
+    const s = await get("/api/v1/session");
+    if (s.logged_in) loggedIn(s);
+    else showLogin(s.reason === "not logged in" ? "" : s.reason);
+  } catch (e) {
+    showLogin(e.message);
   }
 }
 

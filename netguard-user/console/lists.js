@@ -62,10 +62,11 @@ async function write(method, path, body) {
   showError(state.err, null);
   try {
     const r = await api(method, path, body);
-    state.ok.textContent = method === "DELETE" ? "Removed." : `Saved ${Array.isArray(body) ? body.length : 1} entr${Array.isArray(body) && body.length !== 1 ? "ies" : "y"}.`;
     await load();
+    if (state) state.ok.textContent = method === "DELETE" ? "Removed." : `Saved ${Array.isArray(body) ? body.length : 1} entr${Array.isArray(body) && body.length !== 1 ? "ies" : "y"}.`;
     return r;
   } catch (e) {
+    if (!state) return null;
     state.ok.textContent = "";
     showError(state.err, e);
     return null;

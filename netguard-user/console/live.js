@@ -45,10 +45,13 @@ function merge(list) {
   return fresh;
 }
 
+const stats = { refills: 0, connects: 0 };
+
 async function refill() {
   try {
     const list = await get("/api/v1/alerts?limit=100");
     if (merge(list).length) renderAll();
+    stats.refills++;
   } catch (e) {
     // The socket's own retry covers an unreachable daemon; a 401 shows the login form.
   }
@@ -75,6 +78,7 @@ function connect() {
   ws = sock;
   sock.onopen = () => {
     backoff = 500;
+    stats.connects++;
     setState(paused ? "paused" : "live");
     // Subscribed first, then refilled: whatever arrived while disconnected comes from the history,
     // and anything in both is dropped by id.
@@ -235,4 +239,4 @@ export function unmount() {
 }
 
 // For tests and benchmarks: what the page holds.
-window.__live = { alerts, seen, cap: CAP };
+window.__live = { alerts, seen, cap: CAP, stats };

@@ -2,6 +2,7 @@
 // when the daemon has a GeoIP database; otherwise a message saying how to add one.
 import { get } from "./api.js";
 import { clear, errorBox, h, svg } from "./dom.js";
+import { session } from "./app.js";
 
 let alive = false;
 
@@ -11,11 +12,12 @@ export async function mount(root) {
   root.append(h("h2", {}, "Attacks by country"), body);
   let geo;
   try {
+    if (!session.geoip) throw Object.assign(new Error("no GeoIP database is loaded"), { code: "geoip_unavailable" });
     geo = await get("/api/v1/geo-attacks?since=24h");
   } catch (e) {
     if (!alive) return;
     clear(body);
-    if (e.code === "geoip_unavailable" || e.status === 503) {
+    if (e.code === "geoip_unavailable") {
       body.append(
         h(
           "div",

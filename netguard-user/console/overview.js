@@ -83,7 +83,8 @@ async function sample() {
 async function tables() {
   if (!st) return;
   try {
-    const [health, flows] = await Promise.all([get("/api/v1/health"), get("/api/v1/flows?top=10&sort=packets")]);
+    const [health, top] = await Promise.all([get("/api/v1/health"), get("/api/v1/flows?top=10&sort=packets")]);
+    const flows = top.flows;
     if (!st) return;
     const dp = health.datapath;
     clear(st.health).append(
@@ -94,6 +95,7 @@ async function tables() {
       h("dt", {}, "Store"), h("dd", {}, `${health.store.backend}, ${health.store.reachable ? "reachable" : "unreachable: " + (health.store.error || "")}, backlog ${health.store.backlog}`),
       h("dt", {}, "Uptime"), h("dd", {}, `${health.uptime_seconds} s, sensor ${health.sensor_id}, ${health.ws_clients} live clients`),
     );
+    st.root.querySelector("#flows-total").textContent = `${top.total} flows in the kernel table`;
     const bySrc = new Map();
     for (const f of flows) bySrc.set(f.src, (bySrc.get(f.src) || 0) + f.packets);
     clear(st.sources).append(...[...bySrc].sort((a, b) => b[1] - a[1]).map(([src, p]) => h("tr", {}, h("td", {}, src), h("td", { class: "num" }, fmtNum(p)))));
@@ -122,10 +124,10 @@ export function mount(root) {
       { class: "cards" },
       h("section", { class: "card" }, h("h3", {}, "Health"), health),
       h("section", { class: "card" }, h("h3", {}, "Top sources now"), h("table", { class: "grid" }, th("Source", "Packets"), sources)),
-      h("section", { class: "card wide" }, h("h3", {}, "Top flows now"), h("table", { class: "grid" }, th("From", "To", "Proto", "Packets", "Bytes"), flows)),
+      h("section", { class: "card wide" }, h("h3", {}, "Top flows now"), h("p", { class: "muted", id: "flows-total" }), h("table", { class: "grid" }, th("From", "To", "Proto", "Packets", "Bytes"), flows)),
     ),
   );
-  st = { packets, bytes, drops, alerts, health, sources, flows, prev: null };
+  st = { root, packets, bytes, drops, alerts, health, sources, flows, prev: null };
   sample();
   tables();
   st.timer = setInterval(() => {

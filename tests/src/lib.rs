@@ -3,6 +3,7 @@
 //! `tests/` and run as root through `cargo xtask test`.
 
 pub mod api_stack;
+pub mod browser;
 pub mod daemon;
 pub mod fixtures;
 pub mod frames;

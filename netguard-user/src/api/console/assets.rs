@@ -21,6 +21,7 @@ macro_rules! assets {
 assets!(
     "index.html",
     "style.css",
+    "favicon.svg",
     "app.js",
     "api.js",
     "dom.js",
@@ -41,6 +42,7 @@ fn content_type(name: &str) -> &'static str {
         Some("css") => "text/css; charset=utf-8",
         Some("js") => "text/javascript; charset=utf-8",
         Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
         _ => "text/plain; charset=utf-8",
     }
 }

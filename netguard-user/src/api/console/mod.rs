@@ -136,19 +136,24 @@ struct Login {
 /// Who is logged in, as `GET /api/v1/session` and a login answer it.
 #[derive(Serialize)]
 struct SessionView {
+    logged_in: bool,
     name: String,
     role: Role,
     /// Writes take effect (operator or admin).
     can_write: bool,
     expires_at: DateTime<Utc>,
+    /// A GeoIP database is loaded (the Map view has data).
+    geoip: bool,
 }
 
-fn view(p: Principal, expires_at: DateTime<Utc>) -> SessionView {
+fn view(state: &ApiState, p: Principal, expires_at: DateTime<Utc>) -> SessionView {
     SessionView {
+        logged_in: true,
         can_write: p.role.permits(auth::Need::Write),
         name: p.name,
         role: p.role,
         expires_at,
+        geoip: state.geo.is_some(),
     }
 }
 
@@ -194,17 +199,20 @@ fn login_inner(
         )
     })?;
     log::info!("console login: `{}` ({})", who.name, who.role);
-    Ok((state.sessions.cookie(&s), view(who, s.expires_at)))
+    Ok((state.sessions.cookie(&s), view(state, who, s.expires_at)))
 }
 
-async fn whoami(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let id = session::cookie_value(&headers)
-        .ok_or_else(|| ApiError::unauthorized("not logged in").with_code("no_session"))?;
-    let (p, exp) = state.sessions.principal(id, &state.tokens).ok_or_else(|| {
-        ApiError::unauthorized("the console session has expired or was ended; log in again")
-            .with_code("session_expired")
-    })?;
-    Ok(Json(view(p, exp)).into_response())
+/// `GET /api/v1/session`: who holds this browser's session. Not logged in is an answer, not an
+/// error (`{"logged_in": false, "reason"}`), so that opening the page logs nothing as failed.
+async fn whoami(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let reason = match session::cookie_value(&headers) {
+        None => "not logged in",
+        Some(id) => match state.sessions.principal(id, &state.tokens) {
+            Some((p, exp)) => return Json(view(&state, p, exp)).into_response(),
+            None => "the console session has expired or was ended; log in again",
+        },
+    };
+    Json(serde_json::json!({"logged_in": false, "reason": reason})).into_response()
 }
 
 async fn logout(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {

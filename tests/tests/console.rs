@@ -1,0 +1,603 @@
+//! The console in a real browser: Debian's chromium, driven by playwright-core
+//! (tests/console/driver.mjs), against the real daemon in the lab, attacked by hping3.
+//!
+//! - Login sets the session cookie (HttpOnly, SameSite=Strict, with an expiry); the token is in
+//!   neither the URL nor localStorage/sessionStorage, nor the daemon's log.
+//! - A SYN flood's alert appears on the Live view within 1 s of its creation (the alert's `ts`).
+//! - After a reload, the rows shown are exactly the API's `GET /api/v1/alerts?limit=100`.
+//! - A block made in the page drops the address's pings in the kernel; unblocking restores them.
+//! - An agent event whose username is an HTML/JS canary renders literally and runs nothing.
+//! - No console errors, no CSP violations, no request to another origin, and axe-core finds no
+//!   serious or critical violation on any view.
+//! - After a daemon restart the page reconnects by itself, with no duplicate rows.
+//! - A viewer's block is refused and the refusal shown; CSRF and Origin checks refuse the rest.
+//!
+//! Screenshots of every view go to target/console-screenshots/.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use netguard_tests::{
+    browser::{self, Browser},
+    daemon::Daemon,
+    mmdb::{self, Writer},
+    netns::{
+        ATTACKER_IF, ATTACKER_V4, NetnsPair, SENSOR_V4, ping, require_root, require_tool, run_in,
+    },
+};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "console-admin-token-0123456789abcdef";
+const OPERATOR: &str = "console-operator-token-0123456789abcdef";
+const VIEWER: &str = "console-viewer-token-0123456789abcdef";
+const AGENT: &str = "console-agent-token-0123456789abcdef";
+const CANARY: &str = r#"<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>"#;
+
+fn config(dir: &Path) -> String {
+    let path = dir.join("netguard.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[api.tokens]]\nname = \"ops\"\nrole = \"operator\"\ntoken = \"{OPERATOR}\"\n\
+             [[api.tokens]]\nname = \"watcher\"\nrole = \"viewer\"\ntoken = \"{VIEWER}\"\n\
+             [[api.tokens]]\nname = \"win-agent\"\nrole = \"agent\"\ntoken = \"{AGENT}\"\nvm_id = \"win-1\"\n"
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn geo_db(path: &Path) {
+    let mut w = Writer::new("GeoLite2-Country", 6).build_epoch(1_714_521_600);
+    w.insert(
+        "81.2.0.0/16".parse().unwrap(),
+        mmdb::country_record("GB", "United Kingdom"),
+    );
+    w.write(path).unwrap();
+}
+
+/// curl inside the sensor namespace: (status, headers + body).
+fn curl(ns: &str, args: &[&str]) -> (u16, String) {
+    let mut a = vec!["curl", "-s", "-m", "5", "-i", "-w", "\n%{http_code}"];
+    a.extend(args);
+    let out = run_in(ns, &a);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn flood(lab: &NetnsPair, src: &str) -> Child {
+    let sensor = SENSOR_V4.to_string();
+    Command::new("ip")
+        .args(["netns", "exec", &lab.attacker, "timeout", "-k", "2", "8"])
+        .args([
+            "hping3",
+            "-q",
+            "-I",
+            ATTACKER_IF,
+            "-S",
+            "-p",
+            "80",
+            "-i",
+            "u500",
+            "-c",
+            "8000",
+            "-a",
+            src,
+            &sensor,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("hping3 starts")
+}
+
+fn ids(rows: &Value) -> Vec<String> {
+    rows["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits for `expr` to be truthy in the page; on a timeout, panics with the page's errors and text.
+fn wait_until(b: &mut Browser, expr: &str, timeout_ms: u64) -> Value {
+    match b.try_call(json!({"cmd": "waitFor", "expr": expr, "timeout": timeout_ms})) {
+        Ok(v) => v,
+        Err(e) => {
+            let rep = b.try_call(json!({"cmd": "report"}));
+            let text = b.try_call(json!({"cmd": "evaluate", "expr": "document.getElementById('view').innerText.slice(0, 3000)"}));
+            panic!("waiting for {expr}: {e}\npage report: {rep:?}\nview text: {text:?}")
+        }
+    }
+}
+
+/// axe-core on the current view: the serious and critical violations.
+fn axe_serious(b: &mut Browser, view: &str) -> Vec<String> {
+    let v = b.call(json!({"cmd": "axe"}));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| matches!(x["impact"].as_str(), Some("serious" | "critical")))
+        .map(|x| format!("{view}: {x}"))
+        .collect()
+}
+
+fn shot(b: &mut Browser, name: &str) {
+    b.call(json!({"cmd": "screenshot", "name": name}));
+}
+
+#[test]
+fn console_end_to_end_in_chromium() {
+    if !require_root() || !require_tool("hping3") || !browser::available() {
+        return;
+    }
+    let lab = NetnsPair::new("console");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let cfg = config(dir.path());
+    let api = "127.0.0.1:9771";
+    let base = format!("http://{api}");
+    let mut daemon = Some(Daemon::start(&lab, &state, api, ADMIN, &["--config", &cfg]));
+    let mut b = Browser::start(&lab.sensor, &base);
+    let mut axe = Vec::new();
+
+    // Login.
+    b.call(json!({"cmd": "open"}));
+    shot(&mut b, "login");
+    axe.extend(axe_serious(&mut b, "login"));
+    let login = b.call(json!({"cmd": "login", "token": OPERATOR}));
+    assert_eq!(login["loggedIn"], true, "{login}");
+    let cookies = login["cookies"].as_array().unwrap();
+    let c = cookies
+        .iter()
+        .find(|c| c["name"] == "netguard_session")
+        .unwrap_or_else(|| panic!("no session cookie: {login}"));
+    assert_eq!(c["httpOnly"], true, "{c}");
+    assert_eq!(c["sameSite"], "Strict", "{c}");
+    assert_eq!(c["secure"], false, "plain HTTP: {c}");
+    let now = chrono::Utc::now().timestamp() as f64;
+    let expires = c["expires"].as_f64().unwrap();
+    assert!(
+        expires > now + 3600.0 && expires < now + 13.0 * 3600.0,
+        "{c}"
+    );
+    assert_ne!(c["value"], OPERATOR);
+    for what in ["url", "localStorage", "sessionStorage", "tokenInput"] {
+        assert!(
+            !login[what].as_str().unwrap().contains(OPERATOR),
+            "token in {what}: {login}"
+        );
+    }
+    assert_eq!(login["localStorage"], "{}");
+    assert!(
+        login["who"].as_str().unwrap().contains("ops (operator"),
+        "{login}"
+    );
+
+    // Live alert: hping3's SYN flood, from alert creation (its ts) to a painted row.
+    let attacker = ATTACKER_V4[0].to_string();
+    let mut tool = flood(&lab, &attacker);
+    let t0 = Instant::now();
+    let row = wait_until(
+        &mut b,
+        &format!(
+            "[...document.querySelectorAll('#live-rows tr.alert')].find(r => r.textContent.includes('{attacker}') && r.textContent.includes('syn_flood'))?.dataset.id"
+        ),
+        15_000,
+    );
+    let id = row.as_str().unwrap().to_owned();
+    eprintln!("first syn_flood row after {:?} of flooding", t0.elapsed());
+    let rows = b.call(json!({"cmd": "rows"}));
+    let alerts = daemon
+        .as_ref()
+        .unwrap()
+        .get_json("/api/v1/alerts?limit=1000");
+    let alert = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("row {id} is not in the API's alerts"));
+    let ts = chrono::DateTime::parse_from_rfc3339(alert["ts"].as_str().unwrap()).unwrap();
+    let seen = rows["seen"][&id].as_f64().expect("paint time recorded");
+    let latency = seen - ts.timestamp_millis() as f64;
+    eprintln!("alert {id}: created -> row visible in {latency:.0} ms");
+    assert!(
+        (-5.0..1000.0).contains(&latency),
+        "row visible {latency} ms after the alert's creation"
+    );
+    assert_eq!(alert["class"], "syn_flood");
+    let _ = tool.wait();
+    shot(&mut b, "live");
+    axe.extend(axe_serious(&mut b, "live"));
+
+    // Evidence on click; click-to-filter puts the filter in the URL.
+    b.call(json!({"cmd": "evaluate", "expr": format!("document.querySelector('#live-rows tr[data-id=\"{id}\"]').click()")}));
+    wait_until(
+        &mut b,
+        "!!document.querySelector('#live-rows tr.evidence pre')",
+        2000,
+    );
+    let ev = b.call(json!({"cmd": "evaluate", "expr": "document.querySelector('#live-rows tr.evidence pre').textContent"}));
+    assert!(ev.as_str().unwrap().contains("\"evidence\""), "{ev}");
+    b.call(json!({"cmd": "evaluate", "expr": format!("document.querySelector('#live-rows tr[data-id=\"{id}\"] td:nth-child(3) button').click()")}));
+    let url = wait_until(
+        &mut b,
+        "location.hash.includes('src=') && location.hash",
+        2000,
+    );
+    assert!(
+        url.as_str().unwrap().contains(&format!("src={attacker}")),
+        "{url}"
+    );
+    let shown = b.call(json!({"cmd": "evaluate", "expr": "[...document.querySelectorAll('#live-rows tr.alert td:nth-child(3)')].map(t => t.textContent)"}));
+    assert!(
+        shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s == attacker.as_str()),
+        "{shown}"
+    );
+    b.call(json!({"cmd": "go", "hash": "#live"}));
+
+    // Reload: once the alerts have settled, the rows equal the API's last 100.
+    std::thread::sleep(Duration::from_secs(3));
+    let reloaded = b.call(json!({"cmd": "reload"}));
+    let api_ids: Vec<String> = daemon
+        .as_ref()
+        .unwrap()
+        .get_json("/api/v1/alerts?limit=100")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!api_ids.is_empty());
+    assert_eq!(
+        ids(&reloaded),
+        api_ids,
+        "history after reload differs from the API's"
+    );
+
+    // Block from the page: the kernel drops the address's pings; unblocking lets them through.
+    let victim = ATTACKER_V4[1].to_string();
+    let sensor = SENSOR_V4.to_string();
+    assert!(
+        ping(&lab.attacker, &victim, &sensor, 3).received > 0,
+        "lab ping fails before any block"
+    );
+    let r = b.call(json!({"cmd": "block", "cidr": format!("{victim}/32"), "ttl": "10m", "reason": "console test"}));
+    assert_eq!(r["error"], "", "{r}");
+    assert!(
+        r["row"].as_str().unwrap_or("").contains("console test"),
+        "{r}"
+    );
+    assert_eq!(
+        ping(&lab.attacker, &victim, &sensor, 3).received,
+        0,
+        "blocked address still answered"
+    );
+    let entry = daemon.as_ref().unwrap().get_json("/api/v1/blocklist");
+    assert!(
+        entry.to_string().contains(&format!("{victim}/32")),
+        "{entry}"
+    );
+    wait_until(
+        &mut b,
+        "/\\d+m \\d+s/.test(document.querySelector('#list-rows td.expiry').textContent)",
+        3000,
+    );
+    shot(&mut b, "blocklist");
+    axe.extend(axe_serious(&mut b, "blocklist"));
+    let r = b.call(json!({"cmd": "unblock", "cidr": format!("{victim}/32")}));
+    assert_eq!(r["error"], "", "{r}");
+    assert!(r["row"].is_null(), "{r}");
+    assert!(
+        ping(&lab.attacker, &victim, &sensor, 3).received > 0,
+        "unblocked address still dropped"
+    );
+    // Hostile strings: an agent's username is an HTML/JS canary.
+    let event = json!([{"source_vm_id": "win-1", "ts": chrono::Utc::now().to_rfc3339(), "src_ip": "81.2.69.10",
+        "username": CANARY, "src_port": 50001, "event_type": "windows_4625"}]);
+    let auth = format!("Authorization: Bearer {AGENT}");
+    let (code, body) = curl(
+        &lab.sensor,
+        &[
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &event.to_string(),
+            &format!("{base}/api/v1/events"),
+        ],
+    );
+    assert!(code == 200 || code == 202, "{code} {body}");
+    b.call(json!({"cmd": "go", "hash": "#vms"}));
+    let cell = wait_until(
+        &mut b,
+        "[...document.querySelectorAll('#suspicious-rows td.usernames')].map(t => t.textContent).find(t => t.includes('onerror'))",
+        10_000,
+    );
+    assert!(cell.as_str().unwrap().contains(CANARY), "{cell}");
+    let pwned = b.call(json!({"cmd": "evaluate", "expr": "[window.__pwned === undefined, document.querySelectorAll('#view img, #view script').length]"}));
+    assert_eq!(pwned, json!([true, 0]), "the canary ran or became markup");
+    shot(&mut b, "vms");
+    axe.extend(axe_serious(&mut b, "vms"));
+
+    b.call(json!({"cmd": "go", "hash": "#overview"}));
+    wait_until(
+        &mut b,
+        "document.querySelectorAll('#view .legend li').length > 0 && document.getElementById('blocklist-size')",
+        10_000,
+    );
+    shot(&mut b, "overview");
+    axe.extend(axe_serious(&mut b, "overview"));
+
+    b.call(json!({"cmd": "go", "hash": "#map"}));
+    let msg = wait_until(
+        &mut b,
+        "document.getElementById('map-unavailable')?.textContent",
+        5000,
+    );
+    assert!(msg.as_str().unwrap().contains("--geoip-db"), "{msg}");
+    shot(&mut b, "map-without-geoip");
+    axe.extend(axe_serious(&mut b, "map"));
+
+    // A clean page so far.
+    let rep = b.call(json!({"cmd": "report"}));
+    assert_eq!(
+        rep,
+        json!({"errors": [], "foreign": [], "csp": []}),
+        "console errors, other origins or CSP violations"
+    );
+    assert!(axe.is_empty(), "axe-core: {axe:#?}");
+
+    // A refusal shows (after the clean-page check: the browser logs the 400 as a failed load) the server's message and field.
+    let r = b.call(json!({"cmd": "block", "cidr": "300.1.2.3/32"}));
+    assert!(r["error"].as_str().unwrap().contains("field: cidr"), "{r}");
+
+    b.call(json!({"cmd": "report", "clear": true}));
+
+    // Restart (now with a GeoIP database): the page reconnects by itself, with no duplicate rows.
+    b.call(json!({"cmd": "go", "hash": "#live"}));
+    let before = ids(&b.call(json!({"cmd": "rows"})));
+    let (_, log) = daemon.take().unwrap().stop();
+    for secret in [ADMIN, OPERATOR, VIEWER, AGENT] {
+        assert!(!log.contains(secret), "a token is in the daemon's log");
+    }
+    wait_until(
+        &mut b,
+        "document.getElementById('conn').dataset.state === 'reconnecting'",
+        5000,
+    );
+    let geo = dir.path().join("geo.mmdb");
+    geo_db(&geo);
+    let geo_arg = geo.display().to_string();
+    daemon = Some(Daemon::start(
+        &lab,
+        &state,
+        api,
+        ADMIN,
+        &["--config", &cfg, "--geoip-db", &geo_arg],
+    ));
+    wait_until(
+        &mut b,
+        "document.getElementById('conn').dataset.state === 'live' && window.__live.stats.connects >= 2 && window.__live.stats.refills >= 2",
+        15_000,
+    );
+    let after = ids(&b.call(json!({"cmd": "rows"})));
+    let mut unique = after.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        after.len(),
+        "duplicate rows after the restart: {after:?}"
+    );
+    assert!(
+        before.iter().all(|i| after.contains(i)),
+        "rows lost in the restart"
+    );
+    let rep = b.call(json!({"cmd": "report"}));
+    for e in rep["errors"].as_array().unwrap() {
+        let e = e.as_str().unwrap();
+        assert!(
+            e.contains("ERR_CONNECTION_REFUSED") || e.contains("WebSocket connection to"),
+            "console error after the restart: {e}"
+        );
+    }
+    assert_eq!(rep["csp"], json!([]));
+    assert_eq!(rep["foreign"], json!([]));
+
+    // The map, now with data: the canary's address is in GB. The session survived the restart.
+    b.call(json!({"cmd": "reload"}));
+    b.call(json!({"cmd": "go", "hash": "#map"}));
+    let gb = wait_until(
+        &mut b,
+        "[...document.querySelectorAll('#geo-table tbody tr')].map(r => r.textContent).find(t => t.includes('GB'))",
+        10_000,
+    );
+    assert!(gb.as_str().unwrap().contains("GB"), "{gb}");
+    shot(&mut b, "map");
+    let more = axe_serious(&mut b, "map (GeoIP)");
+    assert!(more.is_empty(), "axe-core: {more:#?}");
+    drop(b);
+    drop(daemon);
+}
+
+#[test]
+fn viewer_is_refused_and_writes_need_origin_and_header() {
+    if !require_root() || !browser::available() {
+        return;
+    }
+    let lab = NetnsPair::new("consolev");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let api = "127.0.0.1:9772";
+    let base = format!("http://{api}");
+    let daemon = Daemon::start(&lab, dir.path(), api, ADMIN, &["--config", &cfg]);
+    let ns = &lab.sensor;
+
+    // Headers on the page and the API.
+    for path in ["/", "/api/v1/health", "/console/app.js"] {
+        let (code, text) = curl(ns, &[&format!("{base}{path}")]);
+        assert_eq!(code, 200, "{path}: {text}");
+        let lower = text.to_lowercase();
+        for h in [
+            "content-security-policy: default-src 'none'; script-src 'self'",
+            "frame-ancestors 'none'",
+            "x-content-type-options: nosniff",
+            "referrer-policy: no-referrer",
+        ] {
+            assert!(lower.contains(h), "{path} lacks {h}: {text}");
+        }
+    }
+    let (_, page) = curl(ns, &[&format!("{base}/")]);
+    assert!(
+        !page.contains("<script>") && !page.contains("http://") && !page.contains("https://"),
+        "{page}"
+    );
+    let (code, t) = curl(
+        ns,
+        &[
+            &format!("{base}/api/threats"),
+            "-H",
+            &format!("Authorization: Bearer {VIEWER}"),
+        ],
+    );
+    assert_eq!(code, 200, "{t}");
+
+    // Login over curl, then the CSRF checks on a cookie write.
+    let origin = format!("Origin: {base}");
+    let login = json!({"token": OPERATOR}).to_string();
+    let (code, text) = curl(
+        ns,
+        &[
+            &format!("{base}/api/v1/session"),
+            "-H",
+            &origin,
+            "-H",
+            "X-NetGuard-CSRF: 1",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &login,
+        ],
+    );
+    assert_eq!(code, 200, "{text}");
+    let cookie = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .expect("Set-Cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let ck = format!("Cookie: {cookie}");
+    let entry = json!({"cidr": "192.0.2.7/32"}).to_string();
+    let block = |extra: &[&str]| {
+        let url = format!("{base}/api/v1/blocklist");
+        let mut a = vec![
+            url.as_str(),
+            "-H",
+            &ck,
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &entry,
+        ];
+        a.extend(extra);
+        curl(ns, &a)
+    };
+    let (code, t) = block(&["-H", "X-NetGuard-CSRF: 1"]);
+    assert_eq!(code, 403, "no Origin: {t}");
+    let (code, t) = block(&[
+        "-H",
+        "Origin: http://evil.example",
+        "-H",
+        "X-NetGuard-CSRF: 1",
+    ]);
+    assert_eq!(code, 403, "foreign Origin: {t}");
+    let (code, t) = block(&["-H", &origin]);
+    assert_eq!(code, 403, "no custom header: {t}");
+    let (code, t) = block(&["-H", &origin, "-H", "X-NetGuard-CSRF: 1"]);
+    assert!(
+        code == 200 || code == 201,
+        "a proper cookie write: {code} {t}"
+    );
+    // The WebSocket refuses another origin, even with a valid cookie.
+    let ws = |o: &str| {
+        curl(
+            ns,
+            &[
+                &format!("{base}/api/v1/ws"),
+                "-H",
+                &ck,
+                "-H",
+                o,
+                "-H",
+                "Connection: Upgrade",
+                "-H",
+                "Upgrade: websocket",
+                "-H",
+                "Sec-WebSocket-Version: 13",
+                "-H",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                "--max-time",
+                "2",
+            ],
+        )
+    };
+    assert_eq!(ws("Origin: http://evil.example").0, 403);
+    assert_eq!(ws(&origin).0, 101);
+
+    // The viewer in the browser: reads work, the block is refused and the refusal is shown.
+    let mut b = Browser::start(ns, &base);
+    b.call(json!({"cmd": "open"}));
+    let login = b.call(json!({"cmd": "login", "token": VIEWER}));
+    assert!(
+        login["who"].as_str().unwrap().contains("read-only"),
+        "{login}"
+    );
+    let r = b.call(json!({"cmd": "block", "cidr": "198.51.100.9/32", "ttl": "1h"}));
+    let err = r["error"].as_str().unwrap();
+    assert!(
+        err.contains("Refused (403)") && err.contains("viewer role"),
+        "{r}"
+    );
+    assert!(
+        !daemon.get("/api/v1/blocklist").contains("198.51.100.9"),
+        "the viewer's block took effect"
+    );
+    shot(&mut b, "blocklist-viewer-refused");
+    // Logout ends the session for good: the old cookie no longer reads.
+    let old = b.call(json!({"cmd": "evaluate", "expr": "1"}));
+    assert_eq!(old, 1);
+    b.call(json!({"cmd": "evaluate", "expr": "document.getElementById('logout').click()"}));
+    wait_until(&mut b, "!document.getElementById('login').hidden", 5000);
+    let (code, _) = curl(ns, &[&format!("{base}/api/v1/alerts"), "-H", &ck]);
+    assert_eq!(code, 200, "the operator's curl session is separate");
+    // An unknown cookie is a 401 that says to log in again.
+    let (code, t) = curl(
+        ns,
+        &[
+            &format!("{base}/api/v1/alerts"),
+            "-H",
+            "Cookie: netguard_session=0000",
+        ],
+    );
+    assert_eq!(code, 401, "{t}");
+    assert!(t.contains("log in again"), "{t}");
+    drop(b);
+}
