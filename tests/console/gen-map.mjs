@@ -28,7 +28,14 @@ const ring = (ids) => {
     const a = i < 0 ? [...arcs[~i]].reverse() : arcs[i];
     pts.push(...(pts.length ? a.slice(1) : a));
   }
-  return "M" + pts.map(([x, y]) => `${x},${y}`).join("L") + "Z";
+  // A ring that crosses the antimeridian (Russia, Fiji, Antarctica) jumps across the whole map: start a
+  // new subpath there instead of drawing a line over the world.
+  let d = "";
+  pts.forEach(([x, y], i) => {
+    const jump = i === 0 || Math.abs(x - pts[i - 1][0]) > W / 2;
+    d += `${jump ? "M" : "L"}${x},${y}`;
+  });
+  return d + "Z";
 };
 const countries = [];
 for (const g of topo.objects.countries.geometries) {
