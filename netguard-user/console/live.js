@@ -17,8 +17,25 @@ let setState = () => {};
 let paused = false;
 let held = []; // arrived while paused
 let view = null; // {root, tbody, filters, count}
-let pending = []; // arrived since the last frame
-let frame = 0;
+let pending = []; // arrived since the last render
+let frame = 0; // a render is scheduled
+let lastRender = 0;
+// Alerts are painted in the next frame, unless more than BUSY_RATE a second are arriving: then the
+// table is updated at most once per RENDER_GAP, so a burst costs a few layouts a second instead of
+// one per frame (each insert at the top moves every row below it).
+const RENDER_GAP = 200;
+const BUSY_RATE = 25;
+const recent = []; // arrival times of the last BUSY_RATE alerts
+
+function schedule() {
+  const now = performance.now();
+  recent.push(now);
+  if (recent.length > BUSY_RATE) recent.shift();
+  if (frame) return;
+  const busy = recent.length === BUSY_RATE && now - recent[0] < 1000;
+  const wait = busy ? lastRender + RENDER_GAP - now : 0;
+  frame = wait > 0 ? setTimeout(() => requestAnimationFrame(flush), wait) : requestAnimationFrame(flush);
+}
 
 export function onListChange(f) {
   listeners.add(f);
@@ -45,7 +62,7 @@ function merge(list) {
   return fresh;
 }
 
-const stats = { refills: 0, connects: 0 };
+const stats = { refills: 0, connects: 0, messages: 0, messageMs: 0, flushes: 0, flushMs: 0 };
 
 async function refill() {
   try {
@@ -85,6 +102,7 @@ function connect() {
     refill();
   };
   sock.onmessage = (ev) => {
+    const t = performance.now();
     let msg;
     try {
       msg = JSON.parse(ev.data);
@@ -93,6 +111,8 @@ function connect() {
     }
     if (msg.type === "alert") arrive(msg);
     else listeners.forEach((f) => f(msg));
+    stats.messages++;
+    stats.messageMs += performance.now() - t;
   };
   sock.onclose = () => {
     if (ws !== sock) return;
@@ -111,10 +131,18 @@ function arrive(a) {
     return;
   }
   pending.push(a);
-  if (!frame) frame = requestAnimationFrame(flush);
+  schedule();
 }
 
 function flush() {
+  const t = performance.now();
+  lastRender = t;
+  render();
+  stats.flushes++;
+  stats.flushMs += performance.now() - t;
+}
+
+function render() {
   frame = 0;
   const fresh = merge(pending);
   pending = [];
@@ -123,10 +151,18 @@ function flush() {
   const tb = view.tbody;
   // Newest first: insert the fresh rows (already sorted) at the top, then trim to the cap.
   const frag = document.createDocumentFragment();
-  for (const a of fresh) if (matches(a, f)) frag.append(row(a));
+  let added = 0;
+  // A burst can bring more than the cap in one frame: only the newest CAP can be shown.
+  for (const a of fresh) {
+    if (added >= CAP) break;
+    if (matches(a, f)) {
+      frag.append(row(a));
+      added++;
+    }
+  }
   tb.prepend(frag);
   while (tb.rows.length > CAP) tb.lastElementChild.remove();
-  view.count.textContent = `${tb.querySelectorAll("tr.alert").length} shown (cap ${CAP})`;
+  view.count.textContent = `${tb.rows.length} shown (cap ${CAP})`;
 }
 
 function matches(a, f) {
@@ -208,7 +244,7 @@ export function mount(root, params) {
     if (!paused && held.length) {
       pending.push(...held);
       held = [];
-      if (!frame) frame = requestAnimationFrame(flush);
+      schedule();
     }
   });
   const input = (name, label) =>

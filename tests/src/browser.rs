@@ -65,8 +65,18 @@ pub struct Browser {
 impl Browser {
     /// Starts node and chromium in namespace `ns`, for the console at `base` (e.g. http://127.0.0.1:9740).
     pub fn start(ns: &str, base: &str) -> Browser {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "node"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "node"]);
+        Self::spawn(cmd, base)
+    }
+
+    /// Starts node and chromium in the current namespace (a daemon on this host's loopback).
+    pub fn start_here(base: &str) -> Browser {
+        Self::spawn(Command::new("node"), base)
+    }
+
+    fn spawn(mut cmd: Command, base: &str) -> Browser {
+        let mut child = cmd
             .arg(console_dir().join("driver.mjs"))
             .env("NG_URL", base)
             .env("NG_SHOTS", screenshot_dir())
