@@ -565,6 +565,19 @@ fn viewer_is_refused_and_writes_need_origin_and_header() {
     // The viewer in the browser: reads work, the block is refused and the refusal is shown.
     let mut b = Browser::start(ns, &base);
     b.call(json!({"cmd": "open"}));
+    // The first load's budget: under 300 KB (sent uncompressed, so compressed is less still).
+    let r = b.call(json!({"cmd": "resources"}));
+    let bytes = r["nav"]["transfer"].as_u64().unwrap()
+        + r["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["transfer"].as_u64().unwrap())
+            .sum::<u64>();
+    assert!(
+        bytes > 5_000 && bytes < 300 * 1024,
+        "first load {bytes} bytes: {r}"
+    );
     let login = b.call(json!({"cmd": "login", "token": VIEWER}));
     assert!(
         login["who"].as_str().unwrap().contains("read-only"),
@@ -600,4 +613,23 @@ fn viewer_is_refused_and_writes_need_origin_and_header() {
     assert_eq!(code, 401, "{t}");
     assert!(t.contains("log in again"), "{t}");
     drop(b);
+}
+
+/// The map's geometry (netguard-user/console/vendor/world-110m.json) is what tests/console/gen-map.mjs
+/// makes from the pinned world-atlas: regenerate it after changing either.
+#[test]
+fn bundled_map_matches_its_generator() {
+    if !browser::available() {
+        return;
+    }
+    let out = Command::new("node")
+        .arg(browser::console_dir().join("gen-map.mjs"))
+        .arg("--check")
+        .output()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

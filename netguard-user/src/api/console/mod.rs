@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     ApiState, api,
     auth::{self, Auth, Principal, Read, Role},
-    error::ApiError,
+    error::{ApiError, ErrorBody},
 };
 use netguard_store::{Alert, AlertQuery};
 pub use session::Sessions;
@@ -127,21 +127,29 @@ pub fn session_principal(parts: &Parts, state: &ApiState) -> Result<Option<Princ
     Ok(Some(p))
 }
 
-#[derive(Deserialize)]
+/// `POST /api/v1/session`'s body.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Login {
+pub struct Login {
+    /// A viewer, operator or admin token.
     token: String,
 }
 
-/// Who is logged in, as `GET /api/v1/session` and a login answer it.
-#[derive(Serialize)]
-struct SessionView {
+/// Who holds this browser's session (`GET /api/v1/session`, and a login's answer).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SessionView {
     logged_in: bool,
-    name: String,
-    role: Role,
+    /// Why not logged in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
     /// Writes take effect (operator or admin).
     can_write: bool,
-    expires_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<DateTime<Utc>>,
     /// A GeoIP database is loaded (the Map view has data).
     geoip: bool,
 }
@@ -149,14 +157,39 @@ struct SessionView {
 fn view(state: &ApiState, p: Principal, expires_at: DateTime<Utc>) -> SessionView {
     SessionView {
         logged_in: true,
+        reason: None,
         can_write: p.role.permits(auth::Need::Write),
-        name: p.name,
-        role: p.role,
-        expires_at,
+        name: Some(p.name),
+        role: Some(p.role),
+        expires_at: Some(expires_at),
         geoip: state.geo.is_some(),
     }
 }
 
+/// The console's routes in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(whoami, login, logout, threats),
+    components(schemas(Login, SessionView)),
+    tags((name = "console", description = "The web console's session (cookie) and the live-pipeline alias"))
+)]
+pub struct ConsoleDoc;
+
+/// Trades a token for a session cookie (HttpOnly, SameSite=Strict, Secure under TLS, Max-Age
+/// `[api] session_ttl`). Needs `Origin` equal to this server's and `X-NetGuard-CSRF: 1`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/session",
+    tag = "console",
+    request_body = Login,
+    responses(
+        (status = 200, description = "Logged in; the session cookie is in `Set-Cookie`", body = SessionView),
+        (status = 400, description = "Not a JSON object with a token", body = ErrorBody),
+        (status = 401, description = "Unknown token", body = ErrorBody),
+        (status = 403, description = "No same-origin `Origin` or no `X-NetGuard-CSRF: 1` (`code` \"csrf\"), or an agent token", body = ErrorBody),
+        (status = "default", description = "Error", body = ErrorBody),
+    )
+)]
 async fn login(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     match login_inner(&state, &headers, &body) {
         Ok((cookie, v)) => {
@@ -202,19 +235,48 @@ fn login_inner(
     Ok((state.sessions.cookie(&s), view(state, who, s.expires_at)))
 }
 
-/// `GET /api/v1/session`: who holds this browser's session. Not logged in is an answer, not an
-/// error (`{"logged_in": false, "reason"}`), so that opening the page logs nothing as failed.
-async fn whoami(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+/// Who holds this browser's session cookie. Not being logged in is an answer (200, `logged_in:
+/// false` with a reason), not an error, so that opening the page logs no failed request.
+#[utoipa::path(
+    get,
+    path = "/api/v1/session",
+    tag = "console",
+    responses(
+        (status = 200, description = "The session, or `logged_in: false` with a reason", body = SessionView),
+        (status = "default", description = "Error", body = ErrorBody),
+    )
+)]
+async fn whoami(State(state): State<ApiState>, headers: HeaderMap) -> Json<SessionView> {
     let reason = match session::cookie_value(&headers) {
         None => "not logged in",
         Some(id) => match state.sessions.principal(id, &state.tokens) {
-            Some((p, exp)) => return Json(view(&state, p, exp)).into_response(),
+            Some((p, exp)) => return Json(view(&state, p, exp)),
             None => "the console session has expired or was ended; log in again",
         },
     };
-    Json(serde_json::json!({"logged_in": false, "reason": reason})).into_response()
+    Json(SessionView {
+        logged_in: false,
+        reason: Some(reason.into()),
+        name: None,
+        role: None,
+        can_write: false,
+        expires_at: None,
+        geoip: state.geo.is_some(),
+    })
 }
 
+/// Ends this browser's session and clears its cookie. Needs `Origin` equal to this server's and
+/// `X-NetGuard-CSRF: 1`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/session",
+    tag = "console",
+    responses(
+        (status = 204, description = "Logged out (also when there was no session)"),
+        (status = 403, description = "No same-origin `Origin` or no `X-NetGuard-CSRF: 1`", body = ErrorBody),
+        (status = "default", description = "Error", body = ErrorBody),
+    )
+)]
 async fn logout(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     csrf_ok(&headers, state.sessions.secure())?;
     if let Some(id) = session::cookie_value(&headers) {
@@ -227,6 +289,18 @@ async fn logout(State(state): State<ApiState>, headers: HeaderMap) -> Result<Res
     Ok(r)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/threats",
+    tag = "console",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The last 100 alerts, newest first", body = [Alert]),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Role too low", body = ErrorBody),
+        (status = "default", description = "Error", body = ErrorBody),
+    )
+)]
 /// `GET /api/threats`: the last 100 alerts, newest first (the live-pipeline design's alias of
 /// `GET /api/v1/alerts?limit=100`).
 async fn threats(
