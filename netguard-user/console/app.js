@@ -1,7 +1,7 @@
 // The console's shell: login, the view router (#view?filters, so filters live in the URL), the
 // session and the live connection's indicator.
 import { api, get, onLoggedOut } from "./api.js";
-import { clear, h } from "./dom.js";
+import { clear } from "./dom.js";
 import * as live from "./live.js";
 
 const views = {
@@ -113,6 +113,4 @@ async function init() {
 }
 
 init();
-window.__netguard = { session, ready: true };
 document.documentElement.dataset.ready = "1";
-void h;

@@ -6,6 +6,7 @@ import { onListChange } from "./live.js";
 import { session } from "./app.js";
 
 let state = null;
+const LIMIT = 5000;
 
 function listPath(kind) {
   return `/api/v1/${kind}`;
@@ -14,7 +15,8 @@ function listPath(kind) {
 async function load() {
   if (!state) return;
   try {
-    const entries = await get(listPath(state.kind));
+    // The first LIMIT entries (sorted by CIDR); search works within them.
+    const entries = await get(`${listPath(state.kind)}?limit=${LIMIT}`);
     if (!state) return;
     state.entries = entries;
     render();
@@ -48,7 +50,8 @@ function render() {
     );
   }
   tbody.append(frag);
-  count.textContent = `${shown.length} of ${entries.length} entries${shown.length > 2000 ? " (first 2000 shown)" : ""}`;
+  const more = entries.length >= LIMIT ? ` (the first ${LIMIT} by CIDR are loaded; use netguard block list for all)` : "";
+  count.textContent = `${shown.length} of ${entries.length} entries${shown.length > 2000 ? ", first 2000 shown" : ""}${more}`;
 }
 
 function tick() {

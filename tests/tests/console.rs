@@ -22,11 +22,13 @@ use std::{
 
 use netguard_tests::{
     browser::{self, Browser},
-    daemon::Daemon,
+    daemon::{Daemon, Launch},
     mmdb::{self, Writer},
     netns::{
-        ATTACKER_IF, ATTACKER_V4, NetnsPair, SENSOR_V4, ping, require_root, require_tool, run_in,
+        ATTACKER_IF, ATTACKER_V4, NetnsPair, SENSOR_IF, SENSOR_V4, ping, require_root,
+        require_tool, run_in,
     },
+    pki::Pki,
 };
 use serde_json::{Value, json};
 
@@ -632,4 +634,82 @@ fn bundled_map_matches_its_generator() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Under TLS the console is served over HTTPS only and its session cookie is `Secure`.
+#[test]
+fn https_session_cookie_is_secure() {
+    if !require_root() {
+        return;
+    }
+    let lab = NetnsPair::new("consoletls");
+    let pki = Pki::new(&["IP:127.0.0.1"]);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = pki.api_config();
+    let api = "127.0.0.1:9773";
+    let how = Launch {
+        cacert: Some(pki.ca.clone()),
+        ..Launch::default()
+    };
+    let d = Daemon::launch(
+        &lab.sensor,
+        SENSOR_IF,
+        state.path(),
+        api,
+        ADMIN,
+        &["--config", cfg.to_str().unwrap()],
+        how,
+    );
+    let base = d.base_url();
+    assert!(base.starts_with("https://"), "{base}");
+    let ca = pki.ca.display().to_string();
+    let (code, page) = curl(&lab.sensor, &["--cacert", &ca, &format!("{base}/")]);
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.to_lowercase().contains("content-security-policy:"),
+        "{page}"
+    );
+    let body = json!({"token": ADMIN}).to_string();
+    let (code, text) = curl(
+        &lab.sensor,
+        &[
+            "--cacert",
+            &ca,
+            &format!("{base}/api/v1/session"),
+            "-H",
+            &format!("Origin: {base}"),
+            "-H",
+            "X-NetGuard-CSRF: 1",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+        ],
+    );
+    assert_eq!(code, 200, "{text}");
+    let cookie = text
+        .lines()
+        .find(|l| l.to_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no Set-Cookie: {text}"));
+    for attr in ["HttpOnly", "SameSite=Strict", "Max-Age=43200", "Secure"] {
+        assert!(cookie.contains(attr), "{attr} missing: {cookie}");
+    }
+    // The http:// origin of the same address is not this server's origin.
+    let (code, _) = curl(
+        &lab.sensor,
+        &[
+            "--cacert",
+            &ca,
+            &format!("{base}/api/v1/session"),
+            "-H",
+            &format!("Origin: http://{api}"),
+            "-H",
+            "X-NetGuard-CSRF: 1",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+        ],
+    );
+    assert_eq!(code, 403);
 }
