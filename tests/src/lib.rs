@@ -4,6 +4,7 @@
 
 pub mod api_stack;
 pub mod browser;
+pub mod console_lab;
 pub mod daemon;
 pub mod fixtures;
 pub mod frames;
