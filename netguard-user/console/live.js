@@ -165,8 +165,11 @@ function render() {
   view.count.textContent = `${tb.rows.length} shown (cap ${CAP})`;
 }
 
+/** The URL's filters and the alert field each one matches. */
+const FILTERS = { class: "class", vm: "sensor_id", src: "src_ip", dst: "dst_ip", mitre: "mitre", action: "action" };
+
 function matches(a, f) {
-  return (!f.class || a.class === f.class) && (!f.src || a.src_ip === f.src) && (!f.vm || a.sensor_id === f.vm);
+  return Object.entries(FILTERS).every(([k, field]) => !f[k] || String(a[field] ?? "") === f[k]);
 }
 
 function filterLink(key, value, label) {
@@ -186,18 +189,18 @@ function filterLink(key, value, label) {
 }
 
 function row(a) {
-  const target = a.dst_ip ? (a.dst_port ? `${a.dst_ip}:${a.dst_port}` : a.dst_ip) : "–";
+  const target = a.dst_port ? `${a.dst_ip}:${a.dst_port}` : a.dst_ip;
   const tr = h(
     "tr",
     { class: `alert action-${a.action}`, dataset: { id: a.id }, tabindex: 0, title: "Show the evidence" },
     h("td", {}, h("time", { datetime: a.ts }, fmtTime(a.ts))),
     h("td", {}, filterLink("class", a.class)),
     h("td", {}, filterLink("src", a.src_ip)),
-    h("td", {}, target),
+    h("td", {}, a.dst_ip ? filterLink("dst", a.dst_ip, target) : "–"),
     h("td", {}, filterLink("vm", a.sensor_id)),
-    h("td", {}, a.mitre || "–"),
+    h("td", {}, a.mitre ? filterLink("mitre", a.mitre) : "–"),
     h("td", { class: "num" }, String(a.risk)),
-    h("td", {}, h("span", { class: `badge ${a.action}` }, a.action)),
+    h("td", {}, filterLink("action", a.action, h("span", { class: `badge ${a.action}` }, a.action))),
   );
   const toggle = () => {
     const next = tr.nextElementSibling;
@@ -228,7 +231,7 @@ function renderAll() {
 }
 
 function readFilters(params) {
-  return { class: params.get("class") || "", vm: params.get("vm") || "", src: params.get("src") || "" };
+  return Object.fromEntries(Object.keys(FILTERS).map((k) => [k, params.get(k) || ""]));
 }
 
 export function mount(root, params) {

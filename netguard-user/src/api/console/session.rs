@@ -260,6 +260,17 @@ mod tests {
     }
 
     #[test]
+    fn a_session_ends_at_its_expiry() {
+        let t = tokens(Role::Operator);
+        let who = t.authenticate("operator-token-0123456789").unwrap();
+        let s = Sessions::new(Duration::from_secs(1));
+        let n = s.open(&who).unwrap();
+        assert!(s.principal(&n.id, &t).is_some());
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(s.principal(&n.id, &t).is_none());
+    }
+
+    #[test]
     fn cookie_attributes() {
         let s = Sessions::new(Duration::from_secs(3600));
         let n = NewSession {
