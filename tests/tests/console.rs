@@ -247,6 +247,23 @@ fn console_end_to_end_in_chromium() {
         ping(&lab.attacker, &victim, &sensor, 3).received > 0,
         "unblocked address still dropped"
     );
+    // Bulk paste: every line lands in the daemon; search narrows the table.
+    b.call(json!({"cmd": "evaluate", "expr": "(() => { document.getElementById('bulk').value = '192.0.2.10 1h first\\n192.0.2.11/32 - second one\\n'; [...document.querySelectorAll('#view details button')].find(x => x.textContent === 'Add all').click(); })()"}));
+    wait_until(
+        &mut b,
+        "document.getElementById('list-ok').textContent === 'Saved 2 entries.'",
+        5000,
+    );
+    let list = daemon.as_ref().unwrap().get("/api/v1/blocklist");
+    assert!(
+        list.contains("192.0.2.10/32")
+            && list.contains("192.0.2.11/32")
+            && list.contains("second one"),
+        "{list}"
+    );
+    let shown = b.call(json!({"cmd": "evaluate", "expr": "(() => { const s = document.getElementById('list-search'); s.value = 'second'; s.dispatchEvent(new Event('input')); return [...document.querySelectorAll('#list-rows tr')].map(r => r.dataset.cidr); })()"}));
+    assert_eq!(shown, json!(["192.0.2.11/32"]));
+
     // Hostile strings: an agent's username is an HTML/JS canary.
     let event = json!([{"source_vm_id": "win-1", "ts": chrono::Utc::now().to_rfc3339(), "src_ip": "81.2.69.10",
         "username": CANARY, "src_port": 50001, "event_type": "windows_4625"}]);
@@ -274,6 +291,33 @@ fn console_end_to_end_in_chromium() {
     let pwned = b.call(json!({"cmd": "evaluate", "expr": "[window.__pwned === undefined, document.querySelectorAll('#view img, #view script').length]"}));
     assert_eq!(pwned, json!([true, 0]), "the canary ran or became markup");
     shot(&mut b, "vms");
+    // VM registration and removal from the page.
+    b.call(json!({"cmd": "evaluate", "expr": "(() => { const f = document.getElementById('vm-form'); f.elements.id.value = 'lab-vm-2'; f.elements.name.value = 'second VM'; f.requestSubmit(); })()"}));
+    wait_until(
+        &mut b,
+        "[...document.querySelectorAll('#vm-rows tr')].some(r => r.textContent.includes('lab-vm-2') && r.textContent.includes('second VM'))",
+        5000,
+    );
+    assert!(
+        daemon
+            .as_ref()
+            .unwrap()
+            .get("/api/v1/vms")
+            .contains("lab-vm-2")
+    );
+    b.call(json!({"cmd": "evaluate", "expr": "document.querySelector('#vm-rows button[aria-label=\"Remove VM lab-vm-2\"]').click()"}));
+    wait_until(
+        &mut b,
+        "![...document.querySelectorAll('#vm-rows tr')].some(r => r.textContent.includes('lab-vm-2'))",
+        5000,
+    );
+    assert!(
+        !daemon
+            .as_ref()
+            .unwrap()
+            .get("/api/v1/vms")
+            .contains("lab-vm-2")
+    );
     axe.extend(axe_serious(&mut b, "vms"));
 
     b.call(json!({"cmd": "go", "hash": "#overview"}));
