@@ -187,10 +187,24 @@ pub struct ConsoleDoc;
         (status = 400, description = "Not a JSON object with a token", body = ErrorBody),
         (status = 401, description = "Unknown token", body = ErrorBody),
         (status = 403, description = "No same-origin `Origin` or no `X-NetGuard-CSRF: 1` (`code` \"csrf\"), or an agent token", body = ErrorBody),
+        (status = 429, description = "Too many failed logins lately (`code` \"login_throttled\"); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
         (status = "default", description = "Error", body = ErrorBody),
     )
 )]
 async fn login(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(wait) = state.sessions.login_allowed() {
+        let secs = super::ratelimit::retry_after_secs(wait);
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed console logins lately; try again in {secs} s"),
+        )
+        .with_code("login_throttled")
+        .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return r;
+    }
     match login_inner(&state, &headers, &body) {
         Ok((cookie, v)) => {
             let mut r = Json(v).into_response();
@@ -212,12 +226,14 @@ fn login_inner(
 ) -> Result<(String, SessionView), ApiError> {
     csrf_ok(headers, state.sessions.secure())?;
     let req: Login = super::error::parse_json(body)?;
-    let who = state.tokens.authenticate(&req.token).ok_or_else(|| {
-        ApiError::unauthorized(
+    let Some(who) = state.tokens.authenticate(&req.token) else {
+        state.sessions.login_failed();
+        log::warn!("console login with an unknown token refused");
+        return Err(ApiError::unauthorized(
             "that token is not valid; paste a token from the daemon's config or admin.token",
         )
-        .with_field("token")
-    })?;
+        .with_field("token"));
+    };
     if who.role == Role::Agent {
         return Err(ApiError::forbidden(format!(
             "token `{}` is an agent token, which can only post events; log in with a viewer, operator or admin token",

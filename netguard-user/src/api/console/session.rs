@@ -34,6 +34,12 @@ struct Stored {
     expires_at: DateTime<Utc>,
 }
 
+/// Failed logins allowed at once, and how fast that allowance comes back (per second), across all
+/// clients: past it every login is answered 429 until it refills, so guessing tokens through the
+/// console costs at least half a second a guess (tokens are 20+ characters anyway).
+const FAILED_LOGIN_BURST: f64 = 20.0;
+const FAILED_LOGINS_PER_SECOND: f64 = 2.0;
+
 /// The live sessions.
 pub struct Sessions {
     map: Mutex<HashMap<String, Stored>>,
@@ -41,6 +47,8 @@ pub struct Sessions {
     ttl: Duration,
     /// The API serves HTTPS: cookies get `Secure`.
     secure: AtomicBool,
+    /// Failed-login allowance: (what is left, when it was last topped up).
+    failures: Mutex<(f64, std::time::Instant)>,
 }
 
 /// A new session: the cookie's value and when it expires.
@@ -63,7 +71,30 @@ impl Sessions {
             file: Mutex::default(),
             ttl,
             secure: AtomicBool::new(false),
+            failures: Mutex::new((FAILED_LOGIN_BURST, std::time::Instant::now())),
         }
+    }
+
+    /// Whether a login may be tried now; when not, how long until it may.
+    pub fn login_allowed(&self) -> Result<(), Duration> {
+        let mut f = self.failures.lock().expect("failures lock");
+        let now = std::time::Instant::now();
+        f.0 = (f.0 + now.duration_since(f.1).as_secs_f64() * FAILED_LOGINS_PER_SECOND)
+            .min(FAILED_LOGIN_BURST);
+        f.1 = now;
+        if f.0 >= 1.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - f.0) / FAILED_LOGINS_PER_SECOND,
+            ))
+        }
+    }
+
+    /// Counts a failed login against the allowance.
+    pub fn login_failed(&self) {
+        let mut f = self.failures.lock().expect("failures lock");
+        f.0 = (f.0 - 1.0).max(0.0);
     }
 
     pub fn ttl(&self) -> Duration {
@@ -268,6 +299,22 @@ mod tests {
         assert!(s.principal(&n.id, &t).is_some());
         std::thread::sleep(Duration::from_millis(1100));
         assert!(s.principal(&n.id, &t).is_none());
+    }
+
+    #[test]
+    fn failed_logins_are_throttled() {
+        let s = Sessions::new(Duration::from_secs(60));
+        for _ in 0..FAILED_LOGIN_BURST as usize {
+            assert!(s.login_allowed().is_ok());
+            s.login_failed();
+        }
+        let wait = s.login_allowed().unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        std::thread::sleep(wait + Duration::from_millis(20));
+        assert!(s.login_allowed().is_ok());
     }
 
     #[test]
