@@ -381,6 +381,17 @@ fn console_end_to_end_in_chromium() {
         "document.getElementById('conn').dataset.state === 'live' && window.__live.stats.connects >= 2 && window.__live.stats.refills >= 2",
         15_000,
     );
+    // The stream resumed: a new attacker's flood is pushed to the reconnected page.
+    let second = ATTACKER_V4[2].to_string();
+    let mut tool = flood(&lab, &second);
+    wait_until(
+        &mut b,
+        &format!(
+            "[...document.querySelectorAll('#live-rows tr.alert')].some(r => r.textContent.includes('{second}') && r.textContent.includes('syn_flood'))"
+        ),
+        15_000,
+    );
+    let _ = tool.wait();
     let after = ids(&b.call(json!({"cmd": "rows"})));
     let mut unique = after.clone();
     unique.sort();
