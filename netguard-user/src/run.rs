@@ -288,7 +288,9 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     if replayed > 0 {
         log::info!("failed-login counts restored from {replayed} stored host event(s)");
     }
-    state = state.with_events(host_events.clone());
+    state = state
+        .with_events(host_events.clone())
+        .with_console_sessions(&state_dir);
     if let Some(geo) = s.geoip.clone() {
         state = state.with_geoip(geo);
     }

@@ -3,6 +3,8 @@
 //! `tests/` and run as root through `cargo xtask test`.
 
 pub mod api_stack;
+pub mod browser;
+pub mod console_lab;
 pub mod daemon;
 pub mod fixtures;
 pub mod frames;

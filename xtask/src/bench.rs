@@ -37,6 +37,8 @@ pub fn cmd(args: &BenchArgs) -> Result<()> {
         ("netguard-bench-api", &[][..]),
         ("netguard-bench-detect", &[][..]),
         ("netguard-bench-authlog", &[][..]),
+        // The console in Debian's chromium: alert-to-row latency, a 5,000-alert burst, first load.
+        ("netguard-bench-console", &[][..]),
     ] {
         util::say(
             "bench",

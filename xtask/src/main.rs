@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod forward;
 mod lab;
 mod netns;
 mod run;

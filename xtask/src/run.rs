@@ -63,6 +63,24 @@ pub fn cmd(args: &RunArgs) -> Result<()> {
     }
 }
 
+/// The host port the console is forwarded to (the API's own default port; any free one when taken).
+const CONSOLE_PORT: u16 = 9740;
+
+/// Where the daemon's API listens inside the sensor namespace: `--listen` among the extra
+/// arguments, else the default.
+fn listen_addr(extra: &[String]) -> std::net::SocketAddr {
+    let given = extra.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix("--listen=").map(str::to_owned).or_else(|| {
+            (a == "--listen")
+                .then(|| extra.get(i + 1).cloned())
+                .flatten()
+        })
+    });
+    given
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9740)))
+}
+
 /// Honours CARGO_TARGET_DIR, which moves where `cargo build` puts the binary.
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -86,6 +104,9 @@ fn demo(bin: &std::path::Path, extra: &[String]) -> Result<()> {
     // Drop order is the reverse of declaration: traffic stops, then the daemon, then the namespaces go.
     let _lab = Lab::create()?;
     let mut daemon = Daemon::start(bin, extra)?;
+    // The console: the host's loopback forwarded into the sensor namespace, where the API listens.
+    let api = listen_addr(extra);
+    let console = crate::forward::start(SENSOR_NS, CONSOLE_PORT, api)?;
 
     println!();
     println!("NetGuard demo lab");
@@ -93,6 +114,17 @@ fn demo(bin: &std::path::Path, extra: &[String]) -> Result<()> {
     println!("  peer:   netns {PEER_NS}, {PEER_IF} {PEER_ADDR}/24 (sends the traffic)");
     println!("  traffic: ping 5/s, plus a 100-packet SYN burst to port 80 every 10 s (hping3);");
     println!("           it stops by itself after 10 minutes. Nothing leaves the two namespaces.");
+    println!(
+        "  console: open http://{}/ in the host's browser (forwarded from the host's loopback to",
+        console.local
+    );
+    println!(
+        "           {api} in netns {SENSOR_NS}). Log in with the admin token the daemon generated:"
+    );
+    println!(
+        "           `cat {}` (paste it once; the browser keeps a session cookie).",
+        target_dir().join("ngdemo-state/admin.token").display()
+    );
     println!("  Below is netguard's own output. Press Ctrl-C to stop; the lab is removed on exit.");
     println!();
 

@@ -34,6 +34,8 @@ const TOOLCHAIN_PKGS: &[&str] = &[
 
 /// Real tools that the privileged tests and the demo lab drive inside network namespaces.
 const LAB_PKGS: &[&str] = &[
+    // The console's browser tests (tests/tests/console.rs) drive Debian's own chromium.
+    "chromium",
     "iproute2",
     "iputils-ping",
     "hping3",
@@ -115,6 +117,13 @@ pub fn setup(lab_tools: bool) -> Result<()> {
             "npm: dashboard type-check tools (@grafana/schema, typescript)",
             "run `npm ci --no-audit --no-fund` in dashboards/ to see npm's error",
             ensure_dashboard_tools,
+        )?;
+        step(
+            &format!(
+                "npm: console test tools (playwright-core {PLAYWRIGHT} for chromium {CHROMIUM_MAJOR}, axe-core, world-atlas)"
+            ),
+            "run `PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund` in tests/console/ to see npm's error",
+            ensure_console_tools,
         )?;
         step(
             &format!("pip: schemathesis {SCHEMATHESIS} in target/schemathesis-venv"),
@@ -366,9 +375,40 @@ fn linker_is_good(path: &Path) -> bool {
 /// The version tests/tests/schemathesis.rs pins; it checks the venv holds exactly this one.
 const SCHEMATHESIS: &str = "4.32.5";
 
+/// The playwright-core that tests/console/package.json pins, and the chromium major version it
+/// drives (Playwright supports the Chromium of its own release; Debian's chromium must match).
+const PLAYWRIGHT: &str = "1.64.1";
+const CHROMIUM_MAJOR: u32 = 156;
+
+/// `npm ci` in tests/console/ (never downloading a browser), and a check that Debian's chromium is
+/// the version the pinned playwright-core drives.
+fn ensure_console_tools(s: &mut Step) -> Result<()> {
+    let out = Command::new("/usr/lib/chromium/chromium")
+        .arg("--version")
+        .output()
+        .context("chromium is not installed: `apt-get install -y chromium`")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let major: Option<u32> = text
+        .split_whitespace()
+        .find_map(|w| w.split('.').next()?.parse().ok());
+    if major != Some(CHROMIUM_MAJOR) {
+        bail!(
+            "chromium says `{}`, but tests/console pins playwright-core {PLAYWRIGHT}, which drives \
+             chromium {CHROMIUM_MAJOR}: pin the playwright-core release made for this chromium in \
+             tests/console/package.json (and PLAYWRIGHT/CHROMIUM_MAJOR in xtask/src/setup.rs)",
+            text.trim()
+        );
+    }
+    npm_ci(s, &util::workspace_root().join("tests/console"))
+}
+
 /// `npm ci` in dashboards/ when node_modules is missing or older than the lock file.
 fn ensure_dashboard_tools(s: &mut Step) -> Result<()> {
-    let dir = util::workspace_root().join("dashboards");
+    npm_ci(s, &util::workspace_root().join("dashboards"))
+}
+
+/// `npm ci` in `dir` when its node_modules is missing or older than the lock file.
+fn npm_ci(s: &mut Step, dir: &Path) -> Result<()> {
     let lock = dir.join("package-lock.json");
     let stamp = dir.join("node_modules/.package-lock.json");
     let fresh = match (
@@ -388,7 +428,8 @@ fn ensure_dashboard_tools(s: &mut Step) -> Result<()> {
     util::run(
         Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir),
+            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+            .current_dir(dir),
     )
 }
 

@@ -271,6 +271,14 @@ impl Tokens {
         found.cloned()
     }
 
+    /// The principal of the token held by `name` (a console session names its holder).
+    pub fn principal_named(&self, name: &str) -> Option<Principal> {
+        self.entries
+            .iter()
+            .find(|(p, _)| p.name == name)
+            .map(|(p, _)| p.clone())
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -374,6 +382,11 @@ pub fn check(tokens: &Tokens, token: Option<&str>, need: Need) -> Result<Princip
     let p = tokens
         .authenticate(token)
         .ok_or_else(|| ApiError::unauthorized("invalid token"))?;
+    permit(p, need)
+}
+
+/// 403 when the principal's role does not permit the need.
+pub fn permit(p: Principal, need: Need) -> Result<Principal, ApiError> {
     if !p.role.permits(need) {
         return Err(ApiError::forbidden(format!(
             "token `{}` has the {} role; this needs {}",
@@ -418,7 +431,14 @@ impl<A: Access> FromRequestParts<ApiState> for Auth<A> {
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers)?;
-        let p = check(&state.tokens, token, A::NEED)?;
+        // Without a bearer token, the console's session cookie (with its CSRF checks on writes).
+        let p = match token {
+            None => match super::console::session_principal(parts, state)? {
+                Some(p) => permit(p, A::NEED)?,
+                None => check(&state.tokens, None, A::NEED)?,
+            },
+            token => check(&state.tokens, token, A::NEED)?,
+        };
         // A person's (or their tool's) address is never blocked automatically while its session
         // lasts. Agents are not: their token sits on many hosts, any of which may be the attacker.
         if p.role != Role::Agent

@@ -9,6 +9,7 @@
 pub mod alerts_flows;
 pub mod auth;
 pub mod conns;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod events_body;
@@ -95,6 +96,9 @@ pub struct ApiConfig {
     pub tls_cert: Option<std::path::PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// How long a console login lasts, e.g. "12h".
+    #[serde(with = "duration_text")]
+    pub session_ttl: Duration,
 }
 
 impl Default for ApiConfig {
@@ -114,6 +118,7 @@ impl Default for ApiConfig {
             events_rate_limit: ratelimit::EventsRateLimit::default(),
             tls_cert: None,
             tls_key: None,
+            session_ttl: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -198,6 +203,8 @@ pub struct ApiState {
     pub(crate) events_limit: Arc<ratelimit::Limiter>,
     /// `/health`'s last view of the datapath, for when its lock is busy.
     pub(crate) dp_health: Arc<health::DatapathCache>,
+    /// Console sessions (cookies); see [`ApiState::with_console_sessions`].
+    pub sessions: Arc<console::Sessions>,
 }
 
 #[derive(Clone, Debug)]
@@ -248,7 +255,16 @@ impl ApiState {
             geo: None,
             events_limit: Arc::new(ratelimit::Limiter::new(cfg.events_rate_limit.clone())),
             dp_health: Arc::default(),
+            sessions: Arc::new(console::Sessions::new(cfg.session_ttl)),
         }
+    }
+
+    /// Keeps console sessions in `<state_dir>/console-sessions.json`, so an open page survives a
+    /// daemon restart.
+    pub fn with_console_sessions(self, state_dir: &std::path::Path) -> Self {
+        self.sessions
+            .persist_in(state_dir.join(console::session::SESSIONS_FILE));
+        self
     }
 
     /// Connected WebSocket clients.
@@ -288,6 +304,7 @@ pub fn router(state: ApiState) -> Router {
         .route(&api("/never-block"), get(trust::never_block))
         .merge(multivm::routes())
         .merge(events::routes())
+        .merge(console::routes())
         .route(&api("/openapi.json"), get(openapi::spec))
         .route("/openapi.json", get(openapi::spec_root))
         .route("/metrics", get(health::metrics))
@@ -301,6 +318,7 @@ pub fn router(state: ApiState) -> Router {
             limits.request_timeout,
         ))
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(console::headers))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -324,6 +342,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let hub = state.hub.clone();
+    state.sessions.set_secure(tls.is_some());
     let limits = state.limits.conns;
     let app = router(state);
     let shutdown = async move {

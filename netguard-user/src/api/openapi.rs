@@ -88,6 +88,7 @@ pub fn document() -> &'static str {
         let mut doc = ApiDoc::openapi();
         doc.merge(super::multivm::MultiVmDoc::openapi());
         doc.merge(super::events::EventsDoc::openapi());
+        doc.merge(super::console::ConsoleDoc::openapi());
         doc.to_pretty_json()
             .expect("the OpenAPI document serialises")
     })

@@ -159,11 +159,28 @@ pub async fn ws(
     ApiQuery(q): ApiQuery<WsQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // A browser always says where the page came from: only the console's own origin may connect,
+    // so another site cannot open a socket with the user's cookie (or a token it learnt).
+    if !super::console::origin_ok(&headers, state.sessions.secure()) {
+        return Err(ApiError::forbidden(
+            "WebSocket from another origin refused; open the console from the daemon's own address",
+        )
+        .with_code("origin"));
+    }
     let token = match auth::bearer(&headers)? {
         Some(t) => Some(t),
         None => q.token.as_deref(),
     };
-    let who = auth::check(&state.tokens, token, Need::Read)?;
+    let who = match (token, super::console::session::cookie_value(&headers)) {
+        (None, Some(id)) => {
+            let (p, _) = state.sessions.principal(id, &state.tokens).ok_or_else(|| {
+                ApiError::unauthorized("the console session has expired or was ended; log in again")
+                    .with_code("session_expired")
+            })?;
+            auth::permit(p, Need::Read)?
+        }
+        (token, _) => auth::check(&state.tokens, token, Need::Read)?,
+    };
     let upgrade = upgrade.map_err(|r| {
         ApiError::new(
             r.status(),

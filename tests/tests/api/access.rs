@@ -214,7 +214,7 @@ async fn metrics_use_route_templates_and_kernel_counters() {
 }
 
 /// Every route the router serves, by method and template.
-const ROUTES: [(&str, &str); 30] = [
+const ROUTES: [(&str, &str); 34] = [
     ("get", "/api/v1/health"),
     ("get", "/metrics"),
     ("get", "/api/v1/blocklist"),
@@ -244,6 +244,10 @@ const ROUTES: [(&str, &str); 30] = [
     ("post", "/api/v1/events"),
     ("get", "/api/v1/thresholds"),
     ("put", "/api/v1/thresholds"),
+    ("get", "/api/v1/session"),
+    ("post", "/api/v1/session"),
+    ("delete", "/api/v1/session"),
+    ("get", "/api/threats"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/openapi.json"),
 ];
