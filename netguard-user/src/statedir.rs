@@ -19,12 +19,13 @@ use netguard_store::{QueuedWrite, Store};
 pub const UNWRITTEN_FILE: &str = "store-unwritten.json";
 
 /// The files of the state dir that must be 0600.
-pub const PRIVATE_FILES: [&str; 5] = [
+pub const PRIVATE_FILES: [&str; 6] = [
     netguard_store::embedded::DB_FILE,
     crate::api::auth::ADMIN_TOKEN_FILE,
     UNWRITTEN_FILE,
     crate::control::SNAPSHOT_FILE,
     crate::events::THRESHOLDS_FILE,
+    crate::api::console::SESSIONS_FILE,
 ];
 
 /// Writes `bytes` to `path` whole or not at all (a temporary file, synced, renamed over it), mode

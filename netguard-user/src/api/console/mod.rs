@@ -31,7 +31,7 @@ use super::{
     error::{ApiError, ErrorBody},
 };
 use netguard_store::{Alert, AlertQuery};
-pub use session::Sessions;
+pub use session::{SESSIONS_FILE, Sessions};
 
 /// The custom header a cookie-authenticated write must carry.
 pub const CSRF_HEADER: &str = "x-netguard-csrf";

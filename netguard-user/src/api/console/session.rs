@@ -141,20 +141,7 @@ impl Sessions {
             Ok(t) => t,
             Err(e) => return log::error!("console sessions not serialisable: {e}"),
         };
-        let tmp = path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        if let Err(e) = write() {
+        if let Err(e) = crate::statedir::write_private(&path, &text) {
             log::warn!(
                 "could not save console sessions to {} ({e}); they end when the daemon stops",
                 path.display()
