@@ -26,6 +26,16 @@ enum Command {
         #[command(subcommand)]
         cmd: BlockCmd,
     },
+    /// Remove NetGuard's XDP program and pinned state from an interface (refused while a daemon runs
+    /// on it). `netguard run` leaves them attached and enforcing when it exits.
+    Detach {
+        /// Interface to release.
+        #[arg(long)]
+        iface: String,
+        /// The bpffs the daemon pinned its state under (`netguard run --bpffs`).
+        #[arg(long, default_value = netguard_user::datapath::pin::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
     /// Show a running daemon's health: datapath, store, entries, WebSocket clients.
     Status(ApiArgs),
     /// Fit the detection model on a labelled data set and print per-class precision, recall and F1.
@@ -137,6 +147,14 @@ pub struct RunArgs {
     /// `geoip_db` under [api] in the config file); checked at start.
     #[arg(long, value_name = "PATH")]
     geoip_db: Option<PathBuf>,
+    /// bpffs to pin the link, program and maps under (in `netguard/<iface>/`), so the kernel keeps
+    /// enforcing across restarts. Inside `ip netns exec`, /sys/fs/bpf is not a bpffs: mount one
+    /// outside /sys in the host's mount namespace (e.g. /run/netguard/bpffs) and pass it here.
+    #[arg(long, default_value = netguard_user::datapath::pin::DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Remove the program and the pins on exit (default: leave them attached and enforcing).
+    #[arg(long)]
+    detach_on_exit: bool,
     /// Seconds between live summary lines.
     #[arg(long, default_value_t = 2)]
     summary_every: u64,
@@ -148,6 +166,7 @@ fn main() {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Block { api, cmd } => client_command(&api, Some(cmd)),
+        Command::Detach { iface, bpffs } => detach(&iface, &bpffs),
         Command::Status(api) => client_command(&api, None),
         Command::Train(args) => netguard_user::train::run(&args)
             .map(|_| ())
@@ -161,6 +180,20 @@ fn main() {
         );
         std::process::exit(1);
     }
+}
+
+/// `netguard detach`: the program and every pin of `iface` go; the interface is left as it was.
+fn detach(iface: &str, bpffs: &std::path::Path) -> Result<()> {
+    let n = netguard_user::datapath::Datapath::detach_pinned(bpffs, iface)?;
+    if n == 0 {
+        println!(
+            "nothing of NetGuard's is pinned for {iface} under {}",
+            bpffs.display()
+        );
+    } else {
+        println!("detached from {iface}: removed the program, the link and {n} pin(s)");
+    }
+    Ok(())
 }
 
 /// Runs a REST client command; an API error prints the server's message and field and exits 1.

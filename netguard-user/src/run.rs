@@ -131,18 +131,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         );
     }
     let s = settings(&args)?;
-    let mut dp = Datapath::load(&s.config.datapath).context("could not load the XDP datapath")?;
-    let mode = dp
-        .attach(&args.iface, args.xdp_mode)
-        .with_context(|| format!("could not attach to {}", args.iface))?;
-    log::info!(
-        "attached to {} in {} mode as sensor `{}` (flows max {}, blocklist v4 max {})",
-        args.iface,
-        mode.as_str(),
-        s.sensor_id,
-        s.config.datapath.flows_max,
-        s.config.datapath.blocklist_v4_max
-    );
+    // The maps come from (or go to) the pins: a restart finds the lists, flows and counters the
+    // kernel kept enforcing, and the program is swapped in only once the lists are reconciled.
+    let dp = Datapath::open_pinned(&s.config.datapath, &args.bpffs, &args.iface)
+        .with_context(|| format!("could not load the XDP datapath for {}", args.iface))?;
     let dp = Arc::new(Mutex::new(dp));
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -151,18 +143,35 @@ pub fn run(args: RunArgs) -> Result<()> {
         .build()
         .context("could not start the tokio runtime")?;
     let every = Duration::from_secs(args.summary_every.max(1));
-    let result = rt.block_on(daemon(dp.clone(), s, every));
+    let attach = (args.iface.clone(), args.xdp_mode);
+    let result = rt.block_on(daemon(dp.clone(), s, every, attach));
 
-    // Detach even when the daemon failed, so the interface is never left with an orphaned program.
     let mut dp = dp.lock().expect("datapath lock poisoned");
-    match dp.detach() {
-        Ok(()) => log::info!("detached from {}", args.iface),
-        Err(e) => log::warn!("detach: {e}"),
+    if args.detach_on_exit {
+        match dp.detach() {
+            Ok(()) => log::info!("detached from {} and removed the pins", args.iface),
+            Err(e) => log::warn!("detach: {e}"),
+        }
+    } else if dp.attached().is_some() {
+        // The pinned link keeps the program, and the blocklist, enforcing while no daemon runs.
+        log::info!(
+            "exiting; XDP stays attached and enforcing on {} (pins in {}); `netguard detach --iface {}` removes it",
+            args.iface,
+            dp.pin_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            args.iface
+        );
     }
     result
 }
 
-async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Result<()> {
+async fn daemon(
+    dp: Arc<Mutex<Datapath>>,
+    s: Settings,
+    every: Duration,
+    (iface, xdp_mode): (String, netguard_user::datapath::AttachMode),
+) -> Result<()> {
     let mut store_opts = netguard_store::StoreOptions {
         redis_url: s.config.store.redis.clone(),
         redis_ca: s.config.store.redis_ca.clone(),
@@ -226,11 +235,21 @@ async fn daemon(dp: Arc<Mutex<Datapath>>, s: Settings, every: Duration) -> Resul
     .await
     .context("could not restore the blocklist and allowlist from the store")?;
     {
-        let d = dp.lock().expect("datapath lock poisoned");
+        let mut d = dp.lock().expect("datapath lock poisoned");
         log::info!(
-            "restored {} blocklist and {} allowlist entries into the kernel",
+            "reconciled {} blocklist and {} allowlist entries with the kernel",
             d.blocklist.len(),
             d.allowlist.len()
+        );
+        let mode = d
+            .attach(&iface, xdp_mode)
+            .with_context(|| format!("could not attach to {iface}"))?;
+        log::info!(
+            "attached to {iface} in {} mode as sensor `{}` (flows max {}, blocklist v4 max {})",
+            mode.as_str(),
+            s.sensor_id,
+            s.config.datapath.flows_max,
+            s.config.datapath.blocklist_v4_max
         );
     }
 
