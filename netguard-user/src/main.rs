@@ -160,9 +160,16 @@ pub struct RunArgs {
     summary_every: u64,
 }
 
+/// A build-time constant that tells builds of the same sources apart (the restart tests replace
+/// the daemon with a binary built with `NETGUARD_BUILD_VARIANT=upgrade-test`).
+const BUILD_VARIANT: Option<&str> = option_env!("NETGUARD_BUILD_VARIANT");
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if let (Some(v), Command::Run(_)) = (BUILD_VARIANT, &cli.command) {
+        log::info!("netguard {} build variant {v}", env!("CARGO_PKG_VERSION"));
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Block { api, cmd } => client_command(&api, Some(cmd)),

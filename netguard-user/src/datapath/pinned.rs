@@ -81,6 +81,12 @@ impl Datapath {
         bpffs: &Path,
         iface: &str,
     ) -> Result<Self, DatapathError> {
+        let c_iface = std::ffi::CString::new(iface)
+            .map_err(|_| DatapathError::NoSuchInterface(iface.into()))?;
+        // SAFETY: a valid NUL-terminated string.
+        if unsafe { libc::if_nametoindex(c_iface.as_ptr()) } == 0 {
+            return Err(DatapathError::NoSuchInterface(iface.into()));
+        }
         pin::check_bpffs(bpffs)?;
         let dir = pin::pin_dir(bpffs, iface);
         let lock = pin::lock(&dir)?;
@@ -191,7 +197,17 @@ impl Datapath {
         let handle = match handle {
             Some(h) => h,
             None => {
-                let (id, m) = self.attach_fresh(iface, mode)?;
+                let (id, m) = match self.attach_fresh(iface, mode) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Nothing was enforcing: pins this start created go, and nothing is left.
+                        let fresh = self.pins.as_ref().is_some_and(|p| p.plan.reused.is_empty());
+                        if fresh {
+                            let _ = self.remove_pins(iface);
+                        }
+                        return Err(e);
+                    }
+                };
                 used = m;
                 let link = self
                     .program_mut(programs::NETGUARD)
