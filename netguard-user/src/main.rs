@@ -155,6 +155,10 @@ pub struct RunArgs {
     /// Remove the program and the pins on exit (default: leave them attached and enforcing).
     #[arg(long)]
     detach_on_exit: bool,
+    /// `text` or `json` (one object per line: timestamp, level, target, fields, and the API
+    /// request's id); also `log_format` in the config file.
+    #[arg(long, value_enum)]
+    log_format: Option<netguard_user::logging::LogFormat>,
     /// Seconds between live summary lines.
     #[arg(long, default_value_t = 2)]
     summary_every: u64,
@@ -164,9 +168,25 @@ pub struct RunArgs {
 /// the daemon with a binary built with `NETGUARD_BUILD_VARIANT=upgrade-test`).
 const BUILD_VARIANT: Option<&str> = option_env!("NETGUARD_BUILD_VARIANT");
 
+/// `--log-format`, else the config file's `log_format`, else text.
+fn log_format(cli: &Cli) -> netguard_user::logging::LogFormat {
+    let Command::Run(args) = &cli.command else {
+        return Default::default();
+    };
+    if let Some(f) = args.log_format {
+        return f;
+    }
+    // A config that does not load is reported by `run` itself, in the default format.
+    args.config
+        .as_deref()
+        .and_then(|p| netguard_user::config::Config::load(p).ok())
+        .map(|c| c.log_format)
+        .unwrap_or_default()
+}
+
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    netguard_user::logging::init(log_format(&cli));
     if let (Some(v), Command::Run(_)) = (BUILD_VARIANT, &cli.command) {
         log::info!("netguard {} build variant {v}", env!("CARGO_PKG_VERSION"));
     }
