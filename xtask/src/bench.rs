@@ -37,6 +37,7 @@ pub fn cmd(args: &BenchArgs) -> Result<()> {
         ("netguard-bench-api", &[][..]),
         ("netguard-bench-detect", &[][..]),
         ("netguard-bench-authlog", &[][..]),
+        ("netguard-bench-restart", &[][..]),
     ] {
         util::say(
             "bench",
