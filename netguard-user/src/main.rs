@@ -152,6 +152,10 @@ pub struct RunArgs {
     /// outside /sys in the host's mount namespace (e.g. /run/netguard/bpffs) and pass it here.
     #[arg(long, default_value = netguard_user::datapath::pin::DEFAULT_BPFFS)]
     bpffs: PathBuf,
+    /// Attach through netlink instead of a bpf_link (what netguard falls back to by itself where a
+    /// driver has no bpf_link); restarts then swap with XDP_FLAGS_REPLACE and the expected program.
+    #[arg(long)]
+    xdp_netlink: bool,
     /// Remove the program and the pins on exit (default: leave them attached and enforcing).
     #[arg(long)]
     detach_on_exit: bool,

@@ -127,8 +127,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     let log_json = args.log_format.unwrap_or(s.config.log_format) == LogFormat::Json;
     // The maps come from (or go to) the pins: a restart finds the lists, flows and counters the
     // kernel kept enforcing, and the program is swapped in only once the lists are reconciled.
-    let dp = Datapath::open_pinned(&s.config.datapath, &args.bpffs, &args.iface)
+    let mut dp = Datapath::open_pinned(&s.config.datapath, &args.bpffs, &args.iface)
         .with_context(|| format!("could not load the XDP datapath for {}", args.iface))?;
+    if args.xdp_netlink {
+        dp.prefer_netlink();
+    }
     let dp = Arc::new(Mutex::new(dp));
     let opts = DaemonOptions {
         config: s.config,

@@ -123,6 +123,20 @@ enum Restart {
     Term,
     Kill,
     Upgrade,
+    /// SIGTERM, then a start, both attached through netlink (`--xdp-netlink`): the fallback swaps
+    /// with XDP_FLAGS_REPLACE and the expected program.
+    Netlink,
+}
+
+/// The id of the XDP program on the sensor's interface, as `ip link` shows it.
+fn attached_prog(lab: &NetnsPair) -> u32 {
+    let out = netguard_tests::netns::run_in(&lab.sensor, &["ip", "-d", "link", "show", SENSOR_IF]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split("prog/xdp id ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no XDP program on {SENSOR_IF}: {text}"))
 }
 
 /// One restart under traffic; returns the daemon's logs of both runs.
@@ -131,16 +145,28 @@ fn restart_under_traffic(prefix: &str, how: Restart) -> String {
     let state = tempfile::tempdir().unwrap();
     // Built before anything runs, so the restart itself is not waiting on cargo.
     let new_bin = matches!(how, Restart::Upgrade).then(upgrade_bin);
-    let d = start(&lab, state.path(), &[], None);
+    let netlink = matches!(how, Restart::Netlink);
+    let extra: &[&str] = if netlink { &["--xdp-netlink"] } else { &[] };
+    let ids = |lab: &NetnsPair| {
+        if netlink {
+            assert!(!pin_dir(lab).join("link").exists(), "a bpf_link was pinned");
+            (0, attached_prog(lab))
+        } else {
+            let (link, prog) = link_ids(lab);
+            assert_eq!(prog, attached_prog(lab));
+            (link, prog)
+        }
+    };
+    let d = start(&lab, state.path(), extra, None);
     block(&d, blocked(), None);
     let hits_before = hits(&lab, blocked());
-    let (link_before, prog_before) = link_ids(&lab);
+    let (link_before, prog_before) = ids(&lab);
 
     let pb = Pinger::start(&lab, blocked());
     let pc = Pinger::start(&lab, control());
     std::thread::sleep(Duration::from_millis(1500));
     let first_log = match how {
-        Restart::Term | Restart::Upgrade => {
+        Restart::Term | Restart::Upgrade | Restart::Netlink => {
             let (status, log) = d.stop();
             assert!(status.success(), "{log}");
             log
@@ -149,10 +175,10 @@ fn restart_under_traffic(prefix: &str, how: Restart) -> String {
     };
     // The daemon is gone: the kernel enforces on its own for a while.
     std::thread::sleep(Duration::from_millis(500));
-    let d = start(&lab, state.path(), &[], new_bin);
+    let d = start(&lab, state.path(), extra, new_bin);
     let (b, c) = (pb.finish(), pc.finish());
     let hits_after = hits(&lab, blocked());
-    let (link_after, prog_after) = link_ids(&lab);
+    let (link_after, prog_after) = ids(&lab);
     let log = d.log_text();
     let (status, last) = d.stop();
     assert!(status.success(), "{last}");
@@ -193,6 +219,11 @@ fn restart_under_traffic(prefix: &str, how: Restart) -> String {
         );
     }
     netguard_tests::daemon::detach(&lab.sensor, SENSOR_IF);
+    let link = netguard_tests::netns::run_in(&lab.sensor, &["ip", "link", "show", SENSOR_IF]);
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "netguard detach left a program attached"
+    );
     format!("{first_log}{log}")
 }
 
@@ -203,6 +234,15 @@ fn sigterm_then_start_leaves_no_gap() {
     }
     let log = restart_under_traffic("rs-term", Restart::Term);
     assert!(log.contains("stays attached and enforcing"), "{log}");
+}
+
+#[test]
+fn netlink_fallback_restart_swaps_with_the_expected_program_and_no_gap() {
+    if !require_root() {
+        return;
+    }
+    let log = restart_under_traffic("rs-netlink", Restart::Netlink);
+    assert!(log.contains("through netlink"), "{log}");
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod batch;
 mod cidr;
 mod error;
 mod events;
+mod netlink;
 pub mod pin;
 mod pinned;
 
@@ -359,12 +360,9 @@ impl Datapath {
             }
             LinkHandle::Pinned(link) => {
                 drop(link);
-                self.remove_pins(&att.iface)
+                self.remove_pins(&att.iface, false)
             }
-            LinkHandle::Netlink => {
-                pinned::netlink_off(&att.iface);
-                self.remove_pins(&att.iface)
-            }
+            LinkHandle::Netlink => self.remove_pins(&att.iface, true),
         }
     }
 

@@ -1,7 +1,10 @@
 //! The datapath on pinned state: open (reuse or stage maps), swap the program into the pinned link,
 //! commit the staged pins, and remove everything on an explicit detach.
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+};
 
 use aya::programs::{
     ProgramError,
@@ -11,12 +14,15 @@ use aya::programs::{
 use netguard_common::programs;
 
 use super::{
-    AttachMode, Attachment, Datapath, DatapathConfig, DatapathError, LinkHandle, OBJECT, pin,
+    AttachMode, Attachment, Datapath, DatapathConfig, DatapathError, LinkHandle, OBJECT, netlink,
+    pin,
 };
 
 pub(super) struct Pins {
     lock: pin::PinLock,
     plan: pin::PinPlan,
+    /// Attach through netlink even where a bpf_link would work (`--xdp-netlink`; tests the fallback).
+    netlink: bool,
 }
 
 /// Suffix of maps and programs staged by a start that has not swapped yet.
@@ -41,25 +47,33 @@ fn remove_staged(dir: &Path) {
     }
 }
 
-/// The mode the pinned link was created in, recorded as an empty `mode-<mode>` directory.
-fn recorded_mode(dir: &Path) -> Option<AttachMode> {
+/// How the program was attached, recorded as an empty `<kind>-<mode>` directory (a bpffs holds no
+/// files): `link-skb`, `netlink-driver`, ...
+fn recorded(dir: &Path, netlink: bool) -> Option<AttachMode> {
+    let kind = if netlink { "netlink" } else { "link" };
     [AttachMode::Driver, AttachMode::Skb]
         .into_iter()
-        .find(|m| dir.join(format!("mode-{}", m.as_str())).is_dir())
+        .find(|m| dir.join(format!("{kind}-{}", m.as_str())).is_dir())
 }
 
-fn record_mode(dir: &Path, mode: AttachMode) {
-    for m in [AttachMode::Driver, AttachMode::Skb] {
-        let _ = std::fs::remove_dir(dir.join(format!("mode-{}", m.as_str())));
+fn record(dir: &Path, mode: AttachMode, netlink: bool) {
+    for kind in ["link", "netlink"] {
+        for m in [AttachMode::Driver, AttachMode::Skb] {
+            let _ = std::fs::remove_dir(dir.join(format!("{kind}-{}", m.as_str())));
+        }
     }
-    let _ = std::fs::create_dir(dir.join(format!("mode-{}", mode.as_str())));
+    let kind = if netlink { "netlink" } else { "link" };
+    let _ = std::fs::create_dir(dir.join(format!("{kind}-{}", mode.as_str())));
 }
 
-/// Removes a netlink-attached XDP program (no bpf_link handle exists for it).
-pub(super) fn netlink_off(iface: &str) {
-    let _ = std::process::Command::new("ip")
-        .args(["link", "set", "dev", iface, "xdp", "off"])
-        .status();
+/// Removes the netlink-attached program pinned as `prog` in `dir`, and only it.
+fn netlink_detach_pinned(dir: &Path, iface: &str) {
+    let mode = recorded(dir, true).unwrap_or(AttachMode::Skb);
+    let res = netlink::pinned_fd(&dir.join(pin::PROG_PIN))
+        .and_then(|fd| netlink::detach(netlink::ifindex(iface), fd.as_raw_fd(), mode));
+    if let Err(e) = res {
+        log::warn!("removing the netlink-attached program from {iface}: {e}");
+    }
 }
 
 fn attach_err(iface: &str, mode: AttachMode, source: ProgramError) -> DatapathError {
@@ -118,8 +132,28 @@ impl Datapath {
                 pin::LAYOUT_VERSION
             );
         }
-        dp.pins = Some(Pins { lock, plan });
+        dp.pins = Some(Pins {
+            lock,
+            plan,
+            netlink: false,
+        });
         Ok(dp)
+    }
+
+    /// Attach through netlink (XDP_FLAGS_REPLACE with the expected program on restarts) even where a
+    /// bpf_link would work: the fallback's own path, for drivers without bpf_link and for tests.
+    pub fn prefer_netlink(&mut self) {
+        if let Some(p) = self.pins.as_mut() {
+            p.netlink = true;
+        }
+    }
+
+    /// The raw fd of the loaded `netguard` program.
+    fn prog_fd(&self) -> Result<std::os::fd::RawFd, DatapathError> {
+        self.program(programs::NETGUARD)
+            .fd()
+            .map(|fd| fd.as_fd().as_raw_fd())
+            .map_err(|e| pin_err(format!("the program has no fd: {e}")))
     }
 
     /// The pin directory, when the state is pinned.
@@ -170,7 +204,7 @@ impl Datapath {
                             let fd = FdLink::try_from(link)
                                 .map_err(|e| pin_err(format!("the updated link: {e}")))?;
                             handle = Some(LinkHandle::Pinned(fd));
-                            used = recorded_mode(&dir).unwrap_or(mode);
+                            used = recorded(&dir, false).unwrap_or(mode);
                             if mode != AttachMode::Auto && used != mode {
                                 log::warn!(
                                     "the pinned link on {iface} runs in {} mode, not the {} mode asked for: it is kept (no gap); `netguard detach --iface {iface}` first to change the mode",
@@ -194,8 +228,62 @@ impl Datapath {
                 let _ = std::fs::remove_file(&link_path);
             }
         }
+        // No bpf_link pinned but a program is: it was attached through netlink. Swap atomically,
+        // and only if that very program is still the one attached.
+        let prog_pin = dir.join(pin::PROG_PIN);
+        if handle.is_none()
+            && !link_path.exists()
+            && prog_pin.exists()
+            && let Some(m) = recorded(&dir, true)
+        {
+            let ifindex = netlink::ifindex(iface);
+            let new = self.prog_fd()?;
+            match netlink::pinned_fd(&prog_pin)
+                .and_then(|old| netlink::replace(ifindex, new, old.as_raw_fd(), m))
+            {
+                Ok(()) => {
+                    handle = Some(LinkHandle::Netlink);
+                    used = m;
+                }
+                Err(e) => log::warn!(
+                    "the netlink-attached program pinned in {} could not be replaced ({e}): it is no longer the one on {iface}; attaching anew",
+                    dir.display()
+                ),
+            }
+        }
+        let netlink_first = self.pins.as_ref().is_some_and(|p| p.netlink);
         let handle = match handle {
             Some(h) => h,
+            None if netlink_first => {
+                let ifindex = netlink::ifindex(iface);
+                let new = self.prog_fd()?;
+                let tries: &[AttachMode] = match mode {
+                    AttachMode::Auto => &[AttachMode::Driver, AttachMode::Skb],
+                    AttachMode::Driver => &[AttachMode::Driver],
+                    AttachMode::Skb => &[AttachMode::Skb],
+                };
+                let mut last = None;
+                for m in tries {
+                    match netlink::attach(ifindex, new, *m) {
+                        Ok(()) => {
+                            used = *m;
+                            last = None;
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                if let Some(e) = last {
+                    return Err(pin_err(format!(
+                        "attaching XDP to {iface} through netlink failed: {e}"
+                    )));
+                }
+                record(&dir, used, true);
+                log::info!(
+                    "attached to {iface} through netlink (--xdp-netlink): restarts swap with XDP_FLAGS_REPLACE and the expected program"
+                );
+                LinkHandle::Netlink
+            }
             None => {
                 let (id, m) = match self.attach_fresh(iface, mode) {
                     Ok(x) => x,
@@ -203,7 +291,7 @@ impl Datapath {
                         // Nothing was enforcing: pins this start created go, and nothing is left.
                         let fresh = self.pins.as_ref().is_some_and(|p| p.plan.reused.is_empty());
                         if fresh {
-                            let _ = self.remove_pins(iface);
+                            let _ = self.remove_pins(iface, false);
                         }
                         return Err(e);
                     }
@@ -221,12 +309,13 @@ impl Datapath {
                                 link_path.display()
                             ))
                         })?;
-                        record_mode(&dir, m);
+                        record(&dir, m, false);
                         LinkHandle::Pinned(FdLink::from(pinned))
                     }
                     Err(_) => {
+                        record(&dir, m, true);
                         log::warn!(
-                            "no bpf_link for XDP on {iface} (driver or kernel): attached through netlink. The program stays attached across restarts and a restart replaces it atomically, but without the expected-program check; `netguard detach` removes it"
+                            "no bpf_link for XDP on {iface} (driver or kernel): attached through netlink. The program stays attached across restarts, and a restart swaps it atomically with XDP_FLAGS_REPLACE and the expected program; `netguard detach` removes it"
                         );
                         LinkHandle::Netlink
                     }
@@ -273,7 +362,11 @@ impl Datapath {
     }
 
     /// Removes every pin (and the directory): what `--detach-on-exit` and `netguard detach` do.
-    pub(super) fn remove_pins(&mut self, _iface: &str) -> Result<(), DatapathError> {
+    /// A netlink-attached program is removed first (only if it is still ours).
+    pub(super) fn remove_pins(&mut self, iface: &str, netlink: bool) -> Result<(), DatapathError> {
+        if netlink && let Some(dir) = self.pin_dir() {
+            netlink_detach_pinned(dir, iface);
+        }
         match self.pins.take() {
             Some(p) => pin::remove_all(&p.lock.dir).map(|_| ()),
             None => Ok(()),
@@ -289,11 +382,9 @@ impl Datapath {
             return Ok(0);
         }
         let lock = pin::lock(&dir)?;
-        let netlink = !dir.join(pin::LINK_PIN).exists() && dir.join(pin::PROG_PIN).exists();
-        let n = pin::remove_all(&lock.dir)?;
-        if netlink {
-            netlink_off(iface);
+        if recorded(&dir, true).is_some() && dir.join(pin::PROG_PIN).exists() {
+            netlink_detach_pinned(&dir, iface);
         }
-        Ok(n)
+        pin::remove_all(&lock.dir)
     }
 }
