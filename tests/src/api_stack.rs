@@ -31,6 +31,8 @@ pub struct StackOptions {
     pub api: ApiConfig,
     /// A Redis URL (e.g. [`crate::redis_server::RedisServer::url`]) instead of the embedded store.
     pub redis_url: Option<String>,
+    /// `[trust]`: what is never blocked (the daemon's refresh keeps it, with what it derives).
+    pub trust: netguard_user::trust::TrustConfig,
 }
 
 impl Default for StackOptions {
@@ -61,6 +63,7 @@ impl Default for StackOptions {
             },
             api,
             redis_url: None,
+            trust: Default::default(),
         }
     }
 }
@@ -89,6 +92,7 @@ impl Stack {
         let mut config = Config {
             datapath: opts.datapath.clone(),
             api: opts.api.clone(),
+            trust: opts.trust.clone(),
             ..Config::default()
         };
         config.control.max_bulk = opts.control.max_bulk;
