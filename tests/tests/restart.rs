@@ -405,3 +405,58 @@ fn an_entry_that_expired_while_down_leaves_within_a_second_of_start() {
     );
     netguard_tests::daemon::detach(&lab.sensor, SENSOR_IF);
 }
+
+/// Inside `ip netns exec`, /sys/fs/bpf is not a bpffs, and a bpffs mounted only in there would
+/// vanish with the namespace's processes, pins and all: both are refused before anything is
+/// attached, with the fix in the message.
+#[test]
+fn a_bpffs_that_would_vanish_is_refused_with_the_fix() {
+    if !require_root() {
+        return;
+    }
+    let lab = NetnsPair::new("rs-bpffs");
+    let state = tempfile::tempdir().unwrap();
+    let run = |shell: &str| -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.sensor,
+                "timeout",
+                "20",
+                "sh",
+                "-c",
+                shell,
+            ])
+            .env("NETGUARD_ADMIN_TOKEN", TOKEN)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "started: {text}");
+        text
+    };
+    let bin = netguard_bin();
+    let base = format!(
+        "{} run --iface {SENSOR_IF} --xdp-mode skb --listen 127.0.0.1:9763 --state-dir {}",
+        bin.display(),
+        state.path().display()
+    );
+    let default = run(&base);
+    assert!(
+        default.contains("/sys/fs/bpf is not a bpffs") && default.contains("--bpffs"),
+        "{default}"
+    );
+    let private = state.path().join("private-bpffs");
+    let private_run = run(&format!(
+        "mkdir -p {p} && mount -t bpf bpf {p} && {base} --bpffs {p}",
+        p = private.display()
+    ));
+    assert!(
+        private_run.contains("mounted only in this private mount namespace")
+            && private_run.contains("mount -t bpf bpf /run/netguard/bpffs"),
+        "{private_run}"
+    );
+    let link = netguard_tests::netns::run_in(&lab.sensor, &["ip", "link", "show", SENSOR_IF]);
+    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"));
+}
