@@ -460,3 +460,35 @@ fn a_bpffs_that_would_vanish_is_refused_with_the_fix() {
     let link = netguard_tests::netns::run_in(&lab.sensor, &["ip", "link", "show", SENSOR_IF]);
     assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"));
 }
+
+/// `--detach-on-exit`: SIGTERM removes the program and every pin; nothing is left on the interface.
+#[test]
+fn detach_on_exit_leaves_nothing() {
+    if !require_root() {
+        return;
+    }
+    let lab = NetnsPair::new("rs-detach");
+    let state = tempfile::tempdir().unwrap();
+    let d = start(&lab, state.path(), &["--detach-on-exit"], None);
+    block(&d, blocked(), None);
+    assert!(pin_dir(&lab).join("link").exists());
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("removed the pins"), "{log}");
+    assert!(
+        !bpffs_for(&lab.sensor).join("netguard").exists(),
+        "pins left"
+    );
+    let link = netguard_tests::netns::run_in(&lab.sensor, &["ip", "link", "show", SENSOR_IF]);
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "program left attached"
+    );
+    let p = netguard_tests::netns::ping(
+        &lab.attacker,
+        &blocked().to_string(),
+        &SENSOR_V4.to_string(),
+        2,
+    );
+    assert_eq!(p.received, 2, "the block outlived --detach-on-exit");
+}
