@@ -279,6 +279,18 @@ fn incompatible_pinned_maps_are_rebuilt_without_a_gap() {
     let small_args: Vec<&str> = small_args.iter().map(String::as_str).collect();
     let d = start(&lab, state.path(), &small_args, None);
     block(&d, blocked(), None);
+    // A second blocked source hit exactly 40 times before the resize and never after: its counter
+    // must come through the rebuild unchanged.
+    let quiet = ATTACKER_V4[0];
+    block(&d, quiet, None);
+    let sent = netguard_tests::netns::ping(
+        &lab.attacker,
+        &quiet.to_string(),
+        &SENSOR_V4.to_string(),
+        40,
+    );
+    assert_eq!((sent.transmitted, sent.received), (40, 0));
+    assert_eq!(hits(&lab, quiet), 40);
     let (link_before, _) = link_ids(&lab);
     let old_map = aya::maps::MapInfo::from_pin(pin_dir(&lab).join("BLOCK_HOST_V4")).unwrap();
     assert_eq!(old_map.max_entries(), 4096);
@@ -313,6 +325,11 @@ fn incompatible_pinned_maps_are_rebuilt_without_a_gap() {
     assert!(
         entry(&lab, blocked()).is_some(),
         "the new map was not filled"
+    );
+    assert_eq!(
+        hits(&lab, quiet),
+        40,
+        "the hit counter did not come through the resize"
     );
     assert_eq!(link_ids(&lab).0, link_before, "the link was replaced");
     let staged: Vec<String> = std::fs::read_dir(pin_dir(&lab))

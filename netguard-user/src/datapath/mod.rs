@@ -2,6 +2,7 @@
 //! allowlist CIDRs, flows, counters, ring-buffer events, and BPF_PROG_TEST_RUN for tests and benchmarks.
 
 mod batch;
+mod carry;
 mod cidr;
 mod error;
 mod events;

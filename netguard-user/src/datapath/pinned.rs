@@ -14,8 +14,8 @@ use aya::programs::{
 use netguard_common::programs;
 
 use super::{
-    AttachMode, Attachment, Datapath, DatapathConfig, DatapathError, LinkHandle, OBJECT, netlink,
-    pin,
+    AttachMode, Attachment, Datapath, DatapathConfig, DatapathError, LinkHandle, OBJECT, carry,
+    netlink, pin,
 };
 
 pub(super) struct Pins {
@@ -110,7 +110,23 @@ impl Datapath {
         let paths: Vec<(&'static str, PathBuf)> = pin::pinned_maps()
             .map(|n| (n, plan.path_for(&dir, n)))
             .collect();
+        let same_layout = pin::read_layout(&dir) == Some(pin::LAYOUT_VERSION);
         let mut dp = Self::load_with(config, &paths)?;
+        // A resize keeps the contents: entries with their hit counters, flows, counters. (What the
+        // old program counts between this copy and the swap is not carried.)
+        if same_layout {
+            for (name, _) in &plan.replaced {
+                if !carry::CARRIED.contains(name) {
+                    continue;
+                }
+                match carry::copy(&dir.join(name), &plan.path_for(&dir, name)) {
+                    Ok(n) => log::debug!("carried {n} element(s) of {name} into its new map"),
+                    Err(e) => log::warn!(
+                        "could not carry the contents of {name} into its new map ({e}); the lists are filled from the store"
+                    ),
+                }
+            }
+        }
         let blocked = dp.blocklist.adopt()?;
         let allowed = dp.allowlist.adopt()?;
         if !plan.replaced.is_empty() {
@@ -118,7 +134,7 @@ impl Datapath {
             reasons.dedup();
             let names: Vec<&str> = plan.replaced.iter().map(|(n, _)| *n).collect();
             log::warn!(
-                "pinned maps {} in {} are incompatible with this build ({}): new maps are built and filled from the store while the running program keeps enforcing the old ones; the program is then swapped in atomically and the old pins deleted",
+                "pinned maps {} in {} are incompatible with this build ({}): new maps are built, given the old contents where the layout allows and filled from the store, while the running program keeps enforcing the old ones; the program is then swapped in atomically and the old pins deleted",
                 names.join(","),
                 dir.display(),
                 reasons.join("; ")
