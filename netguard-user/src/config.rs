@@ -20,6 +20,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// What is never blocked, and how long handshakes and API sessions are remembered.
     pub trust: crate::trust::TrustConfig,
+    /// `text` (default) or `json`: one JSON object per line (`--log-format` overrides it).
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -26,6 +26,16 @@ enum Command {
         #[command(subcommand)]
         cmd: BlockCmd,
     },
+    /// Remove NetGuard's XDP program and pinned state from an interface (refused while a daemon runs
+    /// on it). `netguard run` leaves them attached and enforcing when it exits.
+    Detach {
+        /// Interface to release.
+        #[arg(long)]
+        iface: String,
+        /// The bpffs the daemon pinned its state under (`netguard run --bpffs`).
+        #[arg(long, default_value = netguard_user::datapath::pin::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
     /// Show a running daemon's health: datapath, store, entries, WebSocket clients.
     Status(ApiArgs),
     /// Fit the detection model on a labelled data set and print per-class precision, recall and F1.
@@ -137,17 +147,57 @@ pub struct RunArgs {
     /// `geoip_db` under [api] in the config file); checked at start.
     #[arg(long, value_name = "PATH")]
     geoip_db: Option<PathBuf>,
+    /// bpffs to pin the link, program and maps under (in `netguard/<iface>/`), so the kernel keeps
+    /// enforcing across restarts. Inside `ip netns exec`, /sys/fs/bpf is not a bpffs: mount one
+    /// outside /sys in the host's mount namespace (e.g. /run/netguard/bpffs) and pass it here.
+    #[arg(long, default_value = netguard_user::datapath::pin::DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Attach through netlink instead of a bpf_link (what netguard falls back to by itself where a
+    /// driver has no bpf_link); restarts then swap with XDP_FLAGS_REPLACE and the expected program.
+    #[arg(long)]
+    xdp_netlink: bool,
+    /// Remove the program and the pins on exit (default: leave them attached and enforcing).
+    #[arg(long)]
+    detach_on_exit: bool,
+    /// `text` or `json` (one object per line: timestamp, level, target, fields, and the API
+    /// request's id); also `log_format` in the config file.
+    #[arg(long, value_enum)]
+    log_format: Option<netguard_user::logging::LogFormat>,
     /// Seconds between live summary lines.
     #[arg(long, default_value_t = 2)]
     summary_every: u64,
 }
 
+/// A build-time constant that tells builds of the same sources apart (the restart tests replace
+/// the daemon with a binary built with `NETGUARD_BUILD_VARIANT=upgrade-test`).
+const BUILD_VARIANT: Option<&str> = option_env!("NETGUARD_BUILD_VARIANT");
+
+/// `--log-format`, else the config file's `log_format`, else text.
+fn log_format(cli: &Cli) -> netguard_user::logging::LogFormat {
+    let Command::Run(args) = &cli.command else {
+        return Default::default();
+    };
+    if let Some(f) = args.log_format {
+        return f;
+    }
+    // A config that does not load is reported by `run` itself, in the default format.
+    args.config
+        .as_deref()
+        .and_then(|p| netguard_user::config::Config::load(p).ok())
+        .map(|c| c.log_format)
+        .unwrap_or_default()
+}
+
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    netguard_user::logging::init(log_format(&cli));
+    if let (Some(v), Command::Run(_)) = (BUILD_VARIANT, &cli.command) {
+        log::info!("netguard {} build variant {v}", env!("CARGO_PKG_VERSION"));
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Block { api, cmd } => client_command(&api, Some(cmd)),
+        Command::Detach { iface, bpffs } => detach(&iface, &bpffs),
         Command::Status(api) => client_command(&api, None),
         Command::Train(args) => netguard_user::train::run(&args)
             .map(|_| ())
@@ -161,6 +211,20 @@ fn main() {
         );
         std::process::exit(1);
     }
+}
+
+/// `netguard detach`: the program and every pin of `iface` go; the interface is left as it was.
+fn detach(iface: &str, bpffs: &std::path::Path) -> Result<()> {
+    let n = netguard_user::datapath::Datapath::detach_pinned(bpffs, iface)?;
+    if n == 0 {
+        println!(
+            "nothing of NetGuard's is pinned for {iface} under {}",
+            bpffs.display()
+        );
+    } else {
+        println!("detached from {iface}: removed the program, the link and {n} pin(s)");
+    }
+    Ok(())
 }
 
 /// Runs a REST client command; an API error prints the server's message and field and exits 1.

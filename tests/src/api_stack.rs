@@ -8,12 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netguard_store::StoreOptions;
 use netguard_user::{
-    api::{self, ApiConfig, ApiState, Role, TokenConfig, Tokens},
+    api::{ApiConfig, ApiState, Role, TokenConfig},
+    config::Config,
     control::{Control, ControlConfig},
+    daemon::{Daemon, DaemonOptions},
     datapath::{Datapath, DatapathConfig},
-    metrics::Metrics,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -31,6 +31,8 @@ pub struct StackOptions {
     pub api: ApiConfig,
     /// A Redis URL (e.g. [`crate::redis_server::RedisServer::url`]) instead of the embedded store.
     pub redis_url: Option<String>,
+    /// `[trust]`: what is never blocked (the daemon's refresh keeps it, with what it derives).
+    pub trust: netguard_user::trust::TrustConfig,
 }
 
 impl Default for StackOptions {
@@ -61,6 +63,7 @@ impl Default for StackOptions {
             },
             api,
             redis_url: None,
+            trust: Default::default(),
         }
     }
 }
@@ -73,7 +76,7 @@ pub struct Stack {
     pub state: ApiState,
     pub state_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Stack {
@@ -83,38 +86,43 @@ impl Stack {
         Self::start_with(dp, state_dir, opts).await
     }
 
-    /// Starts on an existing datapath (e.g. one the test attached to an interface).
+    /// Starts on an existing datapath (e.g. one the test attached to an interface), through
+    /// [`Daemon::build`] as `netguard run` does: the same wiring, with the test's config.
     pub async fn start_with(dp: Datapath, state_dir: &Path, opts: StackOptions) -> Stack {
-        let mut store_opts = StoreOptions::new(state_dir, opts.control.sensor_id.clone());
-        store_opts.redis_url.clone_from(&opts.redis_url);
-        let store = netguard_store::open(&store_opts).await.unwrap_or_else(|e| {
-            panic!(
-                "opening the store ({}) in {}: {e}",
-                opts.redis_url.as_deref().unwrap_or("embedded"),
-                state_dir.display()
-            )
+        let mut config = Config {
+            datapath: opts.datapath.clone(),
+            api: opts.api.clone(),
+            trust: opts.trust.clone(),
+            ..Config::default()
+        };
+        config.control.max_bulk = opts.control.max_bulk;
+        config.control.hit_alert_cooldown = opts.control.hit_alert_cooldown;
+        config.control.auto_caps = opts.control.auto_caps.clone();
+        config.store.state_dir = state_dir.to_owned();
+        config.store.redis.clone_from(&opts.redis_url);
+        let mut daemon_opts = DaemonOptions::new(config, opts.control.sensor_id.clone());
+        daemon_opts.geoip = opts.api.geoip_db.as_ref().map(|path| {
+            Arc::new(netguard_user::geo::GeoDb::open(path).unwrap_or_else(|e| panic!("{e}")))
         });
-        let dp = Arc::new(Mutex::new(dp));
-        let control = Control::start(opts.control, dp.clone(), store)
-            .await
-            .expect("Control::start");
-        let tokens = Tokens::new(opts.api.tokens.clone()).expect("test tokens");
-        let mut state = ApiState::new(
-            control.clone(),
-            Arc::new(Metrics::new()),
-            Arc::new(tokens),
-            &opts.api,
+        daemon_opts.listener = Some(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind loopback"),
         );
-        if let Some(path) = &opts.api.geoip_db {
-            let db = netguard_user::geo::GeoDb::open(path).unwrap_or_else(|e| panic!("{e}"));
-            state = state.with_geoip(Arc::new(db));
-        }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let dp = Arc::new(Mutex::new(dp));
+        let daemon = Daemon::build(daemon_opts, dp.clone())
             .await
-            .expect("bind loopback");
-        let base = format!("http://{}", listener.local_addr().expect("local addr"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "building the daemon ({}) in {}: {e:#}",
+                    opts.redis_url.as_deref().unwrap_or("embedded store"),
+                    state_dir.display()
+                )
+            });
+        let base = format!("http://{}", daemon.local_addr);
+        let (control, state) = (daemon.control.clone(), daemon.state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(api::serve(listener, state.clone(), async move {
+        let server = tokio::spawn(daemon.run(async move {
             let _ = stopped.await;
         }));
         Stack {
@@ -160,7 +168,8 @@ impl Stack {
         }
     }
 
-    /// Stops the server (graceful: WebSocket clients get "going away").
+    /// Stops the daemon as SIGTERM does (graceful: WebSocket clients get "going away"; the store is
+    /// flushed).
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use crate::netns::{NetnsPair, SENSOR_IF, run_in};
+use crate::netns::{NetnsPair, SENSOR_IF, bpffs_for, run_in};
 
 /// The `netguard` binary of the profile the caller was built with: next to a bench binary
 /// (`target/<profile>/`), or one level up from a test (`target/<profile>/deps/`).
@@ -129,8 +129,12 @@ impl Daemon {
                 api,
             ])
             .args(["--summary-every", "60", "--state-dir"])
-            .arg(state)
-            .args(extra)
+            .arg(state);
+        // Pins go to the namespace's own bpffs unless the test picks one.
+        if !extra.contains(&"--bpffs") {
+            cmd.arg("--bpffs").arg(bpffs_for(ns));
+        }
+        cmd.args(extra)
             .env_remove("NETGUARD_ADMIN_TOKEN")
             .env("RUST_BACKTRACE", "0")
             .envs(how.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -245,6 +249,14 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL (a crash), then everything it logged.
+    pub fn kill(mut self) -> String {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+        self.log_text()
+    }
+
     /// SIGTERM, then the exit status and everything it logged.
     pub fn stop(mut self) -> (ExitStatus, String) {
         let mut child = self.child.take().expect("running");
@@ -262,4 +274,86 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// `netguard detach --iface IFACE` in `ns` on the namespace's bpffs (as the harness starts daemons):
+/// removes the program and every pin. Panics with the output when it fails.
+pub fn detach(ns: &str, iface: &str) -> String {
+    let bpffs = bpffs_for(ns);
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(netguard_bin())
+        .args(["detach", "--iface", iface, "--bpffs"])
+        .arg(&bpffs)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("netguard detach runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "netguard detach failed: {text}");
+    text
+}
+
+/// The build variant an upgrade test replaces the daemon with.
+pub const UPGRADE_VARIANT: &str = "upgrade-test";
+
+/// A *different build* of netguard for upgrade tests: the same sources compiled with
+/// `NETGUARD_BUILD_VARIANT=upgrade-test` (a constant of the binary, logged at start), kept as
+/// `netguard-upgrade` beside [`netguard_bin`]. Built on first use (only the binary crate recompiles),
+/// then the normal binary is rebuilt so the two stay distinct.
+pub fn upgrade_bin() -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = netguard_bin();
+    let variant = bin.with_file_name("netguard-upgrade");
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(v), Some(b)) = (mtime(&variant), mtime(&bin))
+        && v >= b
+    {
+        return variant;
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
+    let profile = match bin.parent().and_then(|d| d.file_name()) {
+        Some(n) if n == "release" => "release",
+        _ => "dev",
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let build = |variant: Option<&str>| {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(workspace).args([
+            "build",
+            "-p",
+            "netguard-user",
+            "--bin",
+            "netguard",
+            "--profile",
+            profile,
+        ]);
+        match variant {
+            Some(v) => cmd.env("NETGUARD_BUILD_VARIANT", v),
+            None => cmd.env_remove("NETGUARD_BUILD_VARIANT"),
+        };
+        let out = cmd.output().expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "building netguard (variant {variant:?}) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    build(Some(UPGRADE_VARIANT));
+    std::fs::copy(&bin, &variant).expect("keep the variant build");
+    build(None);
+    // The copy must count as newer than the rebuilt normal binary for the next run's check.
+    let now = std::fs::File::options()
+        .append(true)
+        .open(&variant)
+        .expect("variant");
+    now.set_modified(std::time::SystemTime::now())
+        .expect("touch");
+    variant
 }

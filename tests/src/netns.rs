@@ -108,8 +108,50 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Where each test namespace's bpffs is mounted: in the host's mount namespace, outside /sys, so the
+/// daemon's pins survive its restarts (`ip netns exec` remounts /sys, and a bpffs mounted inside it
+/// would vanish with the process).
+pub const BPFFS_ROOT: &str = "/run/netguard-tests/bpffs";
+
+/// The bpffs for the daemon in namespace `ns` (mounted on first use, unmounted with the namespace):
+/// one per namespace, so tests running side by side never share pins.
+pub fn bpffs_for(ns: &str) -> std::path::PathBuf {
+    let dir = Path::new(BPFFS_ROOT).join(ns);
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let mounted = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type == 0xcafe_4a11;
+    if !mounted {
+        std::fs::create_dir_all(&dir).expect("bpffs mount point");
+        must(
+            "mount",
+            &["-t", "bpf", "bpf", dir.to_str().expect("utf-8 path")],
+        );
+    }
+    dir
+}
+
+/// Unmounts `ns`'s bpffs, which frees every pin in it (the program and maps go with the last
+/// reference), and removes the mount point.
+pub fn release_bpffs(ns: &str) {
+    let dir = Path::new(BPFFS_ROOT).join(ns);
+    if dir.exists() {
+        let _ = Command::new("umount").arg("-l").arg(&dir).output();
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
 /// Deletes `ngt-*` namespaces left by runs that were killed before their `Drop` ran.
 fn remove_stale_namespaces() {
+    // Their bpffs mounts first (a mount whose namespace is gone is stale too).
+    if let Ok(dir) = std::fs::read_dir(BPFFS_ROOT) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(NS_PREFIX) && !Path::new("/run/netns").join(&name).exists() {
+                release_bpffs(&name);
+            }
+        }
+    }
     let Ok(dir) = std::fs::read_dir("/run/netns") else {
         return;
     };
@@ -307,6 +349,7 @@ impl Drop for NetnsPair {
         // Deleting a namespace destroys the veth end inside it (and with it the peer).
         for ns in [&self.attacker, &self.sensor] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            release_bpffs(ns);
         }
     }
 }

@@ -85,5 +85,6 @@ impl Spur {
 impl Drop for Spur {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        crate::netns::release_bpffs(&self.ns);
     }
 }

@@ -88,6 +88,10 @@ fn refused_driver_mode_suggests_skb_and_attaches_nothing() {
             "lo",
             "--xdp-mode",
             "driver",
+            "--bpffs",
+            netguard_tests::netns::bpffs_for(&lab.sensor)
+                .to_str()
+                .unwrap(),
             "--state-dir",
         ])
         .arg(state.path())

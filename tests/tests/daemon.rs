@@ -1,7 +1,7 @@
 //! The real `netguard run` process, end to end, in a two-namespace lab: the CLI blocks the attacker,
 //! the kernel drops its packets, the ring-buffer BLOCK_HIT event becomes a stored `blocklist_hit`
-//! alert, /metrics shows the drops, SIGTERM detaches cleanly, and a restart restores the block from
-//! the embedded store.
+//! alert, /metrics shows the drops, SIGTERM leaves the block enforcing, `netguard detach` removes
+//! everything, and a start restores the block from the embedded store.
 
 use std::{
     process::Command,
@@ -107,18 +107,39 @@ fn daemon_blocks_alerts_reports_and_restores() {
     assert!(value("netguard_alerts_total{class=\"blocklist_hit\"}") >= 1.0);
     assert_eq!(value("netguard_blocklist_entries{scope=\"global\"}"), 1.0);
 
+    // SIGTERM leaves the program attached and enforcing: the pinned link outlives the daemon.
     let (status, log) = daemon.stop();
     assert!(status.success(), "daemon exit {status}: {log}");
-    assert!(log.contains("detached"), "{log}");
+    assert!(log.contains("stays attached and enforcing"), "{log}");
     let link = run_in(&lab.sensor, &["ip", "-d", "link", "show", SENSOR_IF]);
     assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
-        "program left attached after SIGTERM"
+        String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "program detached by SIGTERM"
+    );
+    assert_eq!(
+        ping(&lab.attacker, &attacker, &sensor, 2).received,
+        0,
+        "the block is enforced while the daemon is stopped"
+    );
+
+    // `netguard detach` removes the program and every pin: the attacker gets replies again.
+    let said = netguard_tests::daemon::detach(&lab.sensor, SENSOR_IF);
+    assert!(said.contains("detached from"), "{said}");
+    let bpffs = netguard_tests::netns::bpffs_for(&lab.sensor);
+    assert!(
+        !bpffs.join("netguard").exists(),
+        "pins left in {}",
+        bpffs.display()
+    );
+    let link = run_in(&lab.sensor, &["ip", "-d", "link", "show", SENSOR_IF]);
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "program left attached after netguard detach"
     );
     assert_eq!(
         ping(&lab.attacker, &attacker, &sensor, 2).received,
         2,
-        "nothing enforces while stopped"
+        "nothing enforces after detach"
     );
 
     // A restart restores the block from the embedded store before serving.

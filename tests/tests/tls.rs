@@ -237,6 +237,7 @@ fn https_api_serves_tls_only_and_the_cli_needs_the_ca() {
 
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
+    netguard_tests::daemon::detach(&lab.sensor, SENSOR_IF);
     no_xdp_on(&lab.sensor, SENSOR_IF);
 }
 
@@ -284,6 +285,10 @@ fn bad_certificate_or_key_stops_the_daemon_before_it_attaches() {
                 "skb",
                 "--config",
                 cfg.to_str().unwrap(),
+                "--bpffs",
+                netguard_tests::netns::bpffs_for(&lab.sensor)
+                    .to_str()
+                    .unwrap(),
                 "--state-dir",
             ])
             .arg(state.path())
@@ -447,6 +452,10 @@ fn rediss_with_a_private_ca_round_trips_and_never_shows_the_password() {
                 "skb",
                 "--listen",
                 "127.0.0.1:9741",
+                "--bpffs",
+                netguard_tests::netns::bpffs_for(&lab.sensor)
+                    .to_str()
+                    .unwrap(),
                 "--state-dir",
             ])
             .arg(state.path())

@@ -9,7 +9,7 @@ use netguard_tests::api_stack::{AGENT, AGENT_VM, Stack, StackOptions, http};
 use netguard_tests::fixtures::{SEN, XDP_PASS, tcp};
 use netguard_tests::frames::FrameSpec;
 use netguard_tests::netns::require_root;
-use netguard_user::trust::{FleetFacts, TrustConfig, derive::HostFacts, derive_entries};
+use netguard_user::trust::TrustConfig;
 use serde_json::{Value, json};
 
 fn syn_from(src: Ipv4Addr) -> Vec<u8> {
@@ -34,17 +34,16 @@ async fn agent_events_never_block_a_protected_address() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let s = Stack::start(dir.path(), StackOptions::default()).await;
     let protected = Ipv4Addr::new(192, 0, 2, 53);
-    let cfg = TrustConfig {
-        never_block: vec![IpAddr::V4(protected).into()],
-        ..TrustConfig::default()
+    // `[trust] never_block`, as the config file gives it: the daemon's refresh keeps it protected.
+    let opts = StackOptions {
+        trust: TrustConfig {
+            never_block: vec![IpAddr::V4(protected).into()],
+            ..TrustConfig::default()
+        },
+        ..StackOptions::default()
     };
-    s.control.trust().never_block.set_derived(derive_entries(
-        &HostFacts::default(),
-        &FleetFacts::default(),
-        &cfg,
-    ));
+    let s = Stack::start(dir.path(), opts).await;
 
     // Five failures from one VM reach the per-VM threshold: for a protected address, refused.
     let resp = http(Some(AGENT))

@@ -39,6 +39,7 @@ pub fn cmd(args: &BenchArgs) -> Result<()> {
         ("netguard-bench-authlog", &[][..]),
         // The console in Debian's chromium: alert-to-row latency, a 5,000-alert burst, first load.
         ("netguard-bench-console", &[][..]),
+        ("netguard-bench-restart", &[][..]),
     ] {
         util::say(
             "bench",

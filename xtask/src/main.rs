@@ -1,9 +1,10 @@
-//! Developer and operator entry points for NetGuard: `cargo xtask setup|build|run|test|bench|lab|train`.
+//! Developer and operator entry points for NetGuard: `cargo xtask setup|build|run|test|bench|lab|train|install|uninstall`.
 //! One module per subcommand; `util` holds the shared command-running and step-printing helpers.
 
 mod bench;
 mod build;
 mod forward;
+mod install;
 mod lab;
 mod netns;
 mod run;
@@ -43,6 +44,10 @@ enum Cmd {
     Lab(lab::LabArgs),
     /// Run `netguard train` on the lab's data set (target/lab-data by default).
     Train(lab::train::TrainArgs),
+    /// Install netguard as a system service: binary, sample config, hardened systemd unit.
+    Install(install::InstallArgs),
+    /// Remove what `install` put in place (and, with --purge, the state).
+    Uninstall(install::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +61,8 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench::cmd(a),
         Cmd::Lab(a) => lab::cmd(a),
         Cmd::Train(a) => lab::train::cmd(a),
+        Cmd::Install(a) => install::install(a),
+        Cmd::Uninstall(a) => install::uninstall(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

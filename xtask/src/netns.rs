@@ -64,3 +64,28 @@ pub fn command(ns: &str, args: &[&str]) -> Command {
         .process_group(0);
     cmd
 }
+
+/// A bpffs for a daemon started with `ip netns exec` (which remounts /sys, so /sys/fs/bpf is not one
+/// in there): mounted at `dir` in the host's mount namespace, where it outlives the daemon and its
+/// pins survive restarts. Returns the path for `netguard run --bpffs`.
+pub fn bpffs(dir: &str) -> Result<String> {
+    let mounted =
+        util::probe("stat", &["-f", "-c", "%T", dir]).is_some_and(|t| t.trim() == "bpf_fs");
+    if !mounted {
+        std::fs::create_dir_all(dir).with_context(|| format!("could not create {dir}"))?;
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf", dir])
+            .status()
+            .context("could not run mount")?;
+        if !st.success() {
+            bail!("`mount -t bpf bpf {dir}` failed");
+        }
+    }
+    Ok(dir.to_owned())
+}
+
+/// Unmounts a bpffs from [`bpffs`] (which frees whatever is still pinned in it).
+pub fn unmount_bpffs(dir: &str) {
+    let _ = Command::new("umount").args(["-l", dir]).status();
+    let _ = std::fs::remove_dir(dir);
+}

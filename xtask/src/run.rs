@@ -32,6 +32,8 @@ const PEER_NS: &str = "ngdemo-peer";
 const SENSOR_IF: &str = "ngd-s";
 const PEER_IF: &str = "ngd-p";
 const SENSOR_ADDR: &str = "10.203.0.1";
+/// The demo daemon's bpffs (see `netns::bpffs`).
+const DEMO_BPFFS: &str = "/run/netguard/demo-bpffs";
 const PEER_ADDR: &str = "10.203.0.2";
 
 /// SYN bursts: one every BURST_EVERY, at most BURST_ROUNDS of them, each 100 packets at 500/s.
@@ -216,6 +218,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         netns::remove(SENSOR_NS);
         netns::remove(PEER_NS);
+        netns::unmount_bpffs(DEMO_BPFFS);
         if netns::exists(SENSOR_NS) || netns::exists(PEER_NS) {
             eprintln!("warning: a ngdemo-* namespace is still there; see `ip netns list`");
         } else {
@@ -253,6 +256,12 @@ impl Daemon {
                 bail!("could not clear the demo state dir {state_dir}: {e}");
             }
             args.extend(["--state-dir", state_dir.as_ref()]);
+        }
+        // Pins go to a bpffs in the host's mount namespace (inside `ip netns exec`, /sys/fs/bpf is
+        // not one); the demo leaves nothing attached or pinned when it ends.
+        let bpffs = netns::bpffs(DEMO_BPFFS)?;
+        if !extra.iter().any(|a| a.starts_with("--bpffs")) {
+            args.extend(["--bpffs", bpffs.as_str(), "--detach-on-exit"]);
         }
         args.extend(extra.iter().map(String::as_str));
         let mut cmd = netns::command(SENSOR_NS, &args);

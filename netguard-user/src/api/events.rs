@@ -23,7 +23,7 @@ use super::{
 use crate::{
     control::ControlError,
     events::{
-        BlockOutcome, Events, IngestReport, ItemResult, ItemStatus, Poster, Rule, RuleOverride,
+        BlockOutcome, IngestReport, ItemResult, ItemStatus, Poster, Rule, RuleOverride,
         SetThresholdsError, Thresholds,
     },
 };
@@ -45,15 +45,6 @@ pub fn routes() -> Router<ApiState> {
         the sensor's sshd log, counted exactly once; failed-login thresholds that block globally or per VM"))
 )]
 pub struct EventsDoc;
-
-impl ApiState {
-    /// Serves events and thresholds from `events` (the daemon's, shared with the auth-log fast path)
-    /// instead of the default engine `ApiState::new` makes.
-    pub fn with_events(mut self, events: Events) -> Self {
-        self.events = events;
-        self
-    }
-}
 
 /// One host event as agents post it; unknown keys are ignored.
 ///

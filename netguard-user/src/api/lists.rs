@@ -159,6 +159,14 @@ pub async fn put(
         });
     }
     let mut out = state.control.put(kind, reqs, source).await?;
+    // An audit line; in JSON logs it carries the request's id (see `request_id`).
+    log::info!(
+        "{}list: {} entr{} applied ({} new) through the API",
+        kind.as_str(),
+        out.applied,
+        if out.applied == 1 { "y" } else { "ies" },
+        out.created
+    );
     let truncated = out.entries.len() > MAX_ECHOED;
     out.entries.truncate(MAX_ECHOED);
     Ok(PutResponse {

@@ -18,6 +18,7 @@ pub mod lists;
 pub mod multivm;
 pub mod openapi;
 pub mod ratelimit;
+pub mod request_id;
 pub mod responses;
 pub mod seed;
 pub mod tls;
@@ -216,11 +217,13 @@ pub(crate) struct Limits {
 
 impl ApiState {
     /// Builds the state and starts the WebSocket fan-out task; call inside a tokio runtime.
+    /// `events` is the daemon's host-event engine (shared with the auth-log fast path).
     pub fn new(
         control: Control,
         metrics: Arc<Metrics>,
         tokens: Arc<Tokens>,
         cfg: &ApiConfig,
+        events: crate::events::Events,
     ) -> Self {
         let hub = ws::Hub::start(
             &control,
@@ -230,12 +233,6 @@ impl ApiState {
                 write_timeout: cfg.ws_write_timeout,
                 max_clients: cfg.ws_max_clients.max(1),
             },
-        );
-        let events = crate::events::Events::new(
-            control.clone(),
-            metrics.clone(),
-            crate::events::EventsConfig::default(),
-            false,
         );
         Self {
             events,
@@ -277,7 +274,7 @@ fn api(path: &str) -> String {
     format!("{PREFIX}{path}")
 }
 
-/// Every route. Middleware, outermost first: request metrics, JSON error bodies, timeout, body limit.
+/// Every route. Middleware, outermost first: request id (and its log span), request metrics, JSON error bodies, timeout, body limit.
 pub fn router(state: ApiState) -> Router {
     let limits = state.limits.clone();
     Router::new()
@@ -320,6 +317,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(console::headers))
         .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(middleware::from_fn(request_id::request_id))
         .with_state(state)
 }
 

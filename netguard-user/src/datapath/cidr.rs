@@ -203,6 +203,53 @@ impl<V: Pod + Default> CidrTable<V> {
         Ok(())
     }
 
+    /// Takes over what the kernel maps hold (pinned maps of an earlier run): the index, the counts,
+    /// the /16 bitmap and the flags are rebuilt from the live entries, whose values (hit counters)
+    /// are left alone. Returns how many entries were found.
+    pub fn adopt(&mut self) -> Result<usize, DatapathError> {
+        let live = self.list()?;
+        self.entries.clear();
+        self.counts = [0; 4];
+        if self.prefix16.is_some() {
+            self.prefix16 = Some(Prefix16::new());
+        }
+        let mut prefixes_v4 = Vec::new();
+        for (net, _) in &live {
+            let net = net.trunc();
+            let t = self.table_of(&net);
+            if self.entries.insert(net) {
+                self.counts[t as usize] += 1;
+                if t == TableFlag::PrefixV4 {
+                    prefixes_v4.push(net);
+                }
+            }
+        }
+        self.adjust_prefix16(&prefixes_v4, true)?;
+        // Words whose bits the kernel has but no entry needs (a crash between writes) are cleared.
+        if let (Some(p), Some(h)) = (self.prefix16.as_ref(), self.hosts.as_mut()) {
+            for (w, want) in p.words.iter().enumerate() {
+                let have = h.prefix16.get(&(w as u32), 0).unwrap_or(!*want);
+                if have != *want {
+                    h.prefix16.set(w as u32, *want, 0).map_err(map_err(
+                        "update",
+                        self.name,
+                        "prefix /16 bitmap",
+                    ))?;
+                }
+            }
+        }
+        for t in [
+            TableFlag::HostV4,
+            TableFlag::PrefixV4,
+            TableFlag::HostV6,
+            TableFlag::PrefixV6,
+        ] {
+            let on = self.counts[t as usize] > 0;
+            self.set_flag(t, on)?;
+        }
+        Ok(self.entries.len())
+    }
+
     /// Fails, without touching anything, when inserting `nets` would overflow a map.
     pub fn check_capacity(&self, nets: &[IpNet]) -> Result<(), DatapathError> {
         let mut groups: [Vec<IpNet>; 4] = Default::default();

@@ -71,6 +71,8 @@ pub enum DatapathError {
     },
     #[error("the XDP program is not attached")]
     NotAttached,
+    #[error("{what}{}{hint}", if hint.is_empty() { "" } else { ". Fix: " })]
+    Pin { what: String, hint: String },
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
     TestRun(#[source] Box<ProgramError>),
 }

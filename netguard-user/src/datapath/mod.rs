@@ -2,9 +2,13 @@
 //! allowlist CIDRs, flows, counters, ring-buffer events, and BPF_PROG_TEST_RUN for tests and benchmarks.
 
 mod batch;
+mod carry;
 mod cidr;
 mod error;
 mod events;
+mod netlink;
+pub mod pin;
+mod pinned;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -79,8 +83,18 @@ impl AttachMode {
     }
 }
 
+/// The link that holds the program on the interface.
+enum LinkHandle {
+    /// Owned by the program (no pins): detached when the program is dropped.
+    Owned(XdpLinkId),
+    /// A bpf_link pinned in the pin directory: it outlives this process.
+    Pinned(aya::programs::links::FdLink),
+    /// Attached through netlink (no bpf_link here): stays attached, with no handle.
+    Netlink,
+}
+
 struct Attachment {
-    link: XdpLinkId,
+    link: LinkHandle,
     iface: String,
     mode: AttachMode,
 }
@@ -95,6 +109,8 @@ pub struct Datapath {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     attachment: Option<Attachment>,
     config: DatapathConfig,
+    /// Present when the state is pinned (`open_pinned`).
+    pins: Option<pinned::Pins>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
@@ -127,9 +143,25 @@ fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
 impl Datapath {
     /// Creates the maps at the configured sizes and loads (verifies) both programs. Nothing is attached.
     pub fn load(config: &DatapathConfig) -> Result<Self, DatapathError> {
-        let page = 4096u32;
-        let events_bytes = config.events_bytes.max(page).next_power_of_two();
-        let mut ebpf = EbpfLoader::new()
+        Self::load_with(config, &[])
+    }
+
+    /// The ring buffer's size in bytes: a power of two of at least one page.
+    fn events_bytes(config: &DatapathConfig) -> u32 {
+        config.events_bytes.max(4096).next_power_of_two()
+    }
+
+    /// [`Datapath::load`] with the maps of `pins` opened from (or created at) those paths.
+    fn load_with(
+        config: &DatapathConfig,
+        pins: &[(&'static str, std::path::PathBuf)],
+    ) -> Result<Self, DatapathError> {
+        let events_bytes = Self::events_bytes(config);
+        let mut loader = EbpfLoader::new();
+        for (name, path) in pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .map_max_entries(maps::BLOCK_V4, config.blocklist_v4_max)
             .map_max_entries(maps::BLOCK_V6, config.blocklist_v6_max)
             .map_max_entries(maps::BLOCK_HOST_V4, config.blocklist_v4_max)
@@ -217,6 +249,7 @@ impl Datapath {
             logger,
             attachment: None,
             config: config.clone(),
+            pins: None,
         })
     }
 
@@ -239,10 +272,29 @@ impl Datapath {
     }
 
     /// Attaches to `iface` in the calling thread's network namespace and returns the mode in use.
+    /// With pinned state, swaps this program into the pinned link instead (see `open_pinned`).
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, DatapathError> {
         if self.attachment.is_some() {
             self.detach()?;
         }
+        if self.pins.is_some() {
+            return self.attach_pinned(iface, mode);
+        }
+        let (link, used) = self.attach_fresh(iface, mode)?;
+        self.attachment = Some(Attachment {
+            link: LinkHandle::Owned(link),
+            iface: iface.into(),
+            mode: used,
+        });
+        Ok(used)
+    }
+
+    /// A new link (bpf_link where the kernel has it, else netlink), owned by the program.
+    fn attach_fresh(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<(XdpLinkId, AttachMode), DatapathError> {
         let c_iface = std::ffi::CString::new(iface)
             .map_err(|_| DatapathError::NoSuchInterface(iface.into()))?;
         // SAFETY: a valid NUL-terminated string.
@@ -287,27 +339,32 @@ impl Datapath {
                 }
             },
         };
-        self.attachment = Some(Attachment {
-            link,
-            iface: iface.into(),
-            mode: used,
-        });
-        Ok(used)
+        Ok((link, used))
     }
 
-    /// Detaches from the interface. The maps stay loaded.
+    /// Detaches from the interface. The maps stay loaded; with pinned state, every pin is removed
+    /// too (the interface is left with nothing of NetGuard's).
     pub fn detach(&mut self) -> Result<(), DatapathError> {
         let Some(att) = self.attachment.take() else {
             return Err(DatapathError::NotAttached);
         };
-        self.program_mut(programs::NETGUARD)
-            .detach(att.link)
-            .map_err(|source| DatapathError::Attach {
-                iface: att.iface,
-                mode: att.mode.as_str(),
-                source: Box::new(source),
-                hint: "the link may already be gone (interface deleted?)",
-            })
+        match att.link {
+            LinkHandle::Owned(link) => {
+                self.program_mut(programs::NETGUARD)
+                    .detach(link)
+                    .map_err(|source| DatapathError::Attach {
+                        iface: att.iface,
+                        mode: att.mode.as_str(),
+                        source: Box::new(source),
+                        hint: "the link may already be gone (interface deleted?)",
+                    })
+            }
+            LinkHandle::Pinned(link) => {
+                drop(link);
+                self.remove_pins(&att.iface, false)
+            }
+            LinkHandle::Netlink => self.remove_pins(&att.iface, true),
+        }
     }
 
     /// The interface and mode the program is attached with, if any.

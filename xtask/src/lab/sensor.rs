@@ -52,6 +52,9 @@ impl DaemonFlags {
     }
 }
 
+/// The lab daemon's bpffs.
+const LAB_BPFFS: &str = "/run/netguard/lab-bpffs";
+
 pub struct Sensor {
     proc: Proc,
     pub log: PathBuf,
@@ -79,6 +82,11 @@ impl Sensor {
             "lab".into(),
             "--listen".into(),
             LISTEN.into(),
+            // A bpffs in the host's mount namespace (not /sys/fs/bpf, which `ip netns exec`
+            // replaces); the lab's sensor leaves nothing pinned when it stops.
+            "--bpffs".into(),
+            crate::netns::bpffs(LAB_BPFFS)?,
+            "--detach-on-exit".into(),
         ];
         if flags.record_features {
             argv.extend([
