@@ -94,6 +94,9 @@ fn settings(args: &RunArgs) -> Result<Settings> {
         .detect
         .validate()
         .context("invalid [detect] configuration")?;
+    // Checked here, before anything is loaded or attached: a wrong --model stops the start cleanly.
+    netguard_user::sensor::load_model(config.detect.model.as_deref())
+        .context("could not load the detection model")?;
     let sensor_id = args
         .sensor_id
         .clone()
