@@ -128,6 +128,9 @@ struct Inner {
     snapshot_wake: Notify,
 }
 
+/// A task of the control plane, for its owner to spawn (see [`Control::start_owned`]).
+pub type Background = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>;
+
 #[derive(Clone)]
 pub struct Control {
     inner: Arc<Inner>,
@@ -152,6 +155,22 @@ impl Control {
         store: Arc<dyn Store>,
         trust: Trust,
     ) -> Result<Self, ControlError> {
+        let (control, background) = Self::start_owned(cfg, dp, store, trust).await?;
+        for task in background {
+            tokio::spawn(task);
+        }
+        Ok(control)
+    }
+
+    /// [`Control::start_with_trust`], handing back the control plane's background tasks (the
+    /// expiry timer, the snapshot writer and the fleet subscription) for the caller to spawn, own
+    /// and cancel, instead of spawning them itself.
+    pub async fn start_owned(
+        cfg: ControlConfig,
+        dp: Arc<Mutex<Datapath>>,
+        store: Arc<dyn Store>,
+        trust: Trust,
+    ) -> Result<(Self, Vec<Background>), ControlError> {
         let (push, _) = broadcast::channel(4096);
         let hits = Mutex::new(HitAlerts::new(cfg.hit_alert_cooldown));
         let capped_total = caps::capped_counter();
@@ -214,13 +233,15 @@ impl Control {
                 path.display()
             );
         }
-        tokio::spawn(expiry::run(control.clone()));
+        let mut background: Vec<Background> = vec![Box::pin(expiry::run(control.clone()))];
         if let Some(path) = control.inner.cfg.snapshot.clone() {
-            tokio::spawn(snapshot::run(control.clone(), path));
+            background.push(Box::pin(snapshot::run(control.clone(), path)));
             control.inner.snapshot_wake.notify_one();
         }
-        sync::spawn(control.clone()).await;
-        Ok(control)
+        if let Some(feed) = sync::subscribe(control.clone()).await {
+            background.push(Box::pin(feed));
+        }
+        Ok((control, background))
     }
 
     /// The never-block set and handshake record this control plane checks blocks against.

@@ -13,18 +13,22 @@ use netguard_store::{ChangeEvent, EntryChange, EntrySource, ListEntry, ListKind}
 
 use super::{Control, PushEvent};
 
-pub async fn spawn(control: Control) {
+/// Subscribes to the fleet's change feed: the task that applies it, or None for a store without
+/// one (the embedded store: this sensor is its only writer).
+pub async fn subscribe(
+    control: Control,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
     let rx = match control.inner.store.subscribe_changes().await {
         Ok(Some(rx)) => rx,
-        Ok(None) => return, // embedded store: this sensor is the only writer
+        Ok(None) => return None,
         Err(e) => {
             log::warn!(
                 "fleet change feed unavailable ({e}); changes by other sensors apply after a restart"
             );
-            return;
+            return None;
         }
     };
-    tokio::spawn(run(control, rx));
+    Some(run(control, rx))
 }
 
 async fn run(control: Control, mut rx: netguard_store::ChangeReceiver) {

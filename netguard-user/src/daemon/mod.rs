@@ -144,7 +144,7 @@ impl Daemon {
             trust.never_block.list().len()
         );
         tasks.spawn(trust::refresh::run(refresh, published));
-        let control = Control::start_with_trust(
+        let (control, background) = Control::start_owned(
             ControlConfig {
                 sensor_id: o.sensor_id.clone(),
                 max_bulk: s.control.max_bulk,
@@ -158,6 +158,10 @@ impl Daemon {
         )
         .await
         .context("could not restore the blocklist and allowlist from the store")?;
+        // The expiry timer, snapshot writer and fleet feed are the daemon's to cancel, like the rest.
+        for task in background {
+            tasks.spawn(task);
+        }
         {
             let mut d = dp.lock().expect("datapath lock poisoned");
             log::info!(
