@@ -28,6 +28,7 @@
 //!   tokens may only post events, get 403 everywhere here.
 
 mod feed;
+mod geo_attacks;
 mod ips;
 mod vms;
 
@@ -55,9 +56,9 @@ use super::{ApiState, error::ApiError, error::store_error};
 use crate::geo::GeoDb;
 
 pub use feed::{Feed, FeedItem, FeedType};
+pub use geo_attacks::{CityAttacks, CountryAttacks, GeoAttacks, GeoDatabase};
 pub use ips::{
-    BlockCounts, CityAttacks, CountryAttacks, GeoAttacks, GeoDatabase, GlobalStatistics,
-    Statistics, SuspiciousIp, SuspiciousIps, VmStatistics,
+    BlockCounts, GlobalStatistics, Statistics, SuspiciousIp, SuspiciousIps, VmStatistics,
 };
 pub use vms::{VmList, VmRegistration, VmRemoved, VmView};
 
@@ -78,7 +79,7 @@ pub fn routes() -> Router<ApiState> {
         .route(&api("/suspicious-ips"), get(ips::suspicious_ips))
         .route(&api("/statistics"), get(ips::statistics))
         .route(&api("/statistics/global"), get(ips::global_statistics))
-        .route(&api("/geo-attacks"), get(ips::geo_attacks))
+        .route(&api("/geo-attacks"), get(geo_attacks::geo_attacks))
         .route(&api("/feed"), get(feed::feed))
         .route(&api("/vms"), get(vms::list_vms).post(vms::register_vm))
         .route(&api("/vms/{vm_id}"), delete(vms::remove_vm))
@@ -92,7 +93,7 @@ pub fn routes() -> Router<ApiState> {
         ips::suspicious_ips,
         ips::statistics,
         ips::global_statistics,
-        ips::geo_attacks,
+        geo_attacks::geo_attacks,
         feed::feed,
         vms::list_vms,
         vms::register_vm,
