@@ -213,49 +213,8 @@ pub async fn geo_attacks(
 
 #[cfg(test)]
 mod tests {
+    use super::super::ips::tests::{alert, ev};
     use super::*;
-
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn ev(ip: &str, vm: &str, user: &str, ts: &str, failure: bool) -> HostEventRecord {
-        HostEventRecord {
-            fingerprint: "0".repeat(64),
-            ts: t(ts),
-            received_at: t(ts),
-            src_ip: ip.parse().unwrap(),
-            username: Some(user.into()),
-            src_port: None,
-            event_type: if failure {
-                "ssh_failed"
-            } else {
-                "ssh_accepted"
-            }
-            .into(),
-            service: "ssh".into(),
-            failure,
-            source_vm_id: vm.into(),
-        }
-    }
-
-    fn alert(ip: &str, vm: &str, class: &str, ts: &str, count: u32) -> Alert {
-        Alert {
-            id: format!("{vm}-{ts}"),
-            ts: t(ts),
-            sensor_id: vm.into(),
-            class: class.into(),
-            src_ip: ip.parse().unwrap(),
-            dst_ip: None,
-            dst_port: None,
-            risk: 50,
-            confidence: 1.0,
-            mitre: "T1110".into(),
-            action: "alerted".into(),
-            evidence: Default::default(),
-            count,
-        }
-    }
 
     #[test]
     fn countries_group_unknowns_and_cities() {

@@ -472,14 +472,20 @@ pub async fn global_statistics(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn t(s: &str) -> DateTime<Utc> {
+    pub(in crate::api::multivm) fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
-    fn ev(ip: &str, vm: &str, user: &str, ts: &str, failure: bool) -> HostEventRecord {
+    pub(in crate::api::multivm) fn ev(
+        ip: &str,
+        vm: &str,
+        user: &str,
+        ts: &str,
+        failure: bool,
+    ) -> HostEventRecord {
         HostEventRecord {
             fingerprint: "0".repeat(64),
             ts: t(ts),
@@ -499,7 +505,13 @@ mod tests {
         }
     }
 
-    fn alert(ip: &str, vm: &str, class: &str, ts: &str, count: u32) -> Alert {
+    pub(in crate::api::multivm) fn alert(
+        ip: &str,
+        vm: &str,
+        class: &str,
+        ts: &str,
+        count: u32,
+    ) -> Alert {
         Alert {
             id: format!("{vm}-{ts}"),
             ts: t(ts),
